@@ -1,0 +1,3 @@
+from provisioners.cli import main
+
+raise SystemExit(main())
