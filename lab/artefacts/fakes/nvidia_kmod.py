@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""Boot-time "load" of the lab's NVIDIA kernel module (shipped by nvidia-dkms-BRANCH[-open]).
+
+The lab has no GPU, so no real module can load. Instead the unit nvidia-lab-kmod.service runs
+this at every boot: it decides what a real nvidia.ko would do with the profile's hardware
+(fw_cfg JSON) and writes the kernel log lines a real one writes to /dev/kmsg (so `dmesg` and
+`journalctl -k` show them), then records the outcome for this boot_id in /run/nvidia-lab/state.json
+(read by nvidia-smi, vLLM, Ollama; /run is emptied by a reboot, so a freshly installed driver
+"loads" only after the reboot, as on real systems).
+
+Kernel lines and their sources (../shared/corpus/ unless stated):
+  - taint lines: dmesg_module_verification_failed_and_gsp_unsupported.txt;
+  - closed module on a GPU that needs the open one: dmesg_blackwell_closed_module_requires_open.txt
+    (loading line, "requires use of the NVIDIA open kernel modules", RmInitAdapter, rm_init_adapter);
+  - open module loading line, nvidia-modeset and [drm] lines: a real boot log (GitHub file, search
+    index id 48010285077: "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release
+    Build  (dvs-builder@U22-I3-AF03-09-1)  Sun Jul 27 06:54:38 UTC 2025");
+  - no NVIDIA device: "NVRM: No NVIDIA devices probed." (dmesg_nvidia_probe_not_called_nouveau_or_vfio.txt);
+  - Secure Boot: systemd-modules-load's "Failed to insert module '%s': %m" (systemd
+    src/shared/module-util.c) with EKEYREJECTED's strerror "Key was rejected by service" (what
+    modprobe prints for an unsigned module under Secure Boot, DESIGN.md section 4).
+SYNTHESISED: build dates/builders of versions without a capture (marked in BUILD_STAMPS).
+"""
+import os
+import sys
+
+# @@LAB_COMMON@@
+
+DRIVER_VERSION = "@@DRIVER_VERSION@@"
+FLAVOUR = "@@FLAVOUR@@"  # "open" or "closed"
+CUDA_VERSION = "@@CUDA_VERSION@@"  # what this driver's nvidia-smi prints as "CUDA Version"
+MODULE_NAME = "nvidia"
+
+BUILD_STAMPS = {
+    "580.105.08": "Wed Oct 29 23:15:11 UTC 2025",  # corpus (closed)
+    "580.65.06": "Sun Jul 27 06:54:38 UTC 2025",   # boot log id 48010285077 (open)
+}
+SYNTH_STAMP = "Thu Sep 18 20:07:57 UTC 2025"  # SYNTHESISED for versions without a capture
+BUILDER = "(dvs-builder@U22-I3-AF03-09-1)"     # from the open-module capture above
+
+
+def kernel_messages(hw, flavour, version):
+    """(status, [(syslog level, text)]) a real nvidia.ko of ``flavour``/``version`` produces on ``hw``.
+
+    status: "ok" | "rminit_failed" (closed module on a GPU needing the open one) | "rejected"
+    (Secure Boot) | "no_device".
+    """
+    if hw.get("secure_boot"):
+        return "rejected", [(3, "systemd-modules-load[%d]: Failed to insert module '%s': Key was rejected by service"
+                             % (os.getpid(), MODULE_NAME))]
+    msgs = [(4, "nvidia: loading out-of-tree module taints kernel."),
+            (4, "nvidia: module verification failed: signature and/or required key missing - tainting kernel"),
+            (6, "nvidia-nvlink: Nvlink Core is being initialized, major device number 236")]
+    stamp = BUILD_STAMPS.get(version, SYNTH_STAMP)
+    if not hw.get("gpus"):
+        msgs.append((6, "NVRM: No NVIDIA devices probed."))
+        return "no_device", msgs
+    gpu = hw["gpus"][0]
+    addr = gpu["pci_address"]
+    if flavour == "closed":
+        msgs.append((6, "NVRM: loading NVIDIA UNIX x86_64 Kernel Module  %s  %s" % (version, stamp)))
+        if gpu.get("requires_open_module"):
+            msgs += [(3, "NVRM: The NVIDIA GPU %s (PCI ID: %s:%s)\nNVRM: installed in this system requires use of the NVIDIA open kernel modules."
+                      % (addr, gpu["vendor_id"], gpu["device_id"])),
+                     (3, "NVRM: GPU %s: RmInitAdapter failed! (0x22:0x56:884)" % addr),
+                     (3, "NVRM: GPU %s: rm_init_adapter failed, device minor number 0" % addr)]
+            return "rminit_failed", msgs
+    else:
+        msgs.append((6, "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  %s  Release Build  %s  %s" % (version, BUILDER, stamp)))
+    kind = "Open Kernel Mode Setting Driver" if flavour == "open" else "Kernel Mode Setting Driver"
+    msgs += [(6, "nvidia-modeset: Loading NVIDIA UNIX %s for x86_64  %s  Release Build  %s  %s" % (kind, version, BUILDER, stamp)),
+             (6, "[drm] [nvidia-drm] [GPU ID 0x00000100] Loading driver"),
+             (6, "[drm] Initialized nvidia-drm 0.0.0 for %s on minor 1" % addr)]
+    return "ok", msgs
+
+
+def write_kmsg(msgs):
+    path = os.environ.get("LAB_KMSG") or "/dev/kmsg"
+    for level, text in msgs:
+        try:
+            with open(path, "a") as fh:   # one write() per record: multi-line records stay one
+                fh.write("<%d>%s\n" % (level, text))
+        except OSError:
+            pass
+
+
+def load():
+    import json
+    hw = lab_hw()
+    run = lab_run_dir()
+    os.makedirs(os.path.join(run, "procs"), exist_ok=True)
+    os.chmod(os.path.join(run, "procs"), 0o1777)  # vLLM/Ollama run as other users
+    status, msgs = kernel_messages(hw, FLAVOUR, DRIVER_VERSION)
+    write_kmsg(msgs)
+    state = {"boot_id": lab_boot_id(), "version": DRIVER_VERSION, "branch": DRIVER_VERSION.split(".")[0],
+             "flavour": FLAVOUR, "status": status, "cuda_version": CUDA_VERSION}
+    tmp = os.path.join(run, ".state.json")
+    with open(tmp, "w") as fh:
+        json.dump(state, fh)
+    os.replace(tmp, os.path.join(run, "state.json"))
+    print("nvidia-lab-kmod: %s %s module: %s" % (FLAVOUR, DRIVER_VERSION, status))
+    return 0
+
+
+def main(argv):
+    if argv[:1] == ["load"]:
+        return load()
+    if argv[:1] == ["status"]:
+        st = lab_driver_state()
+        print(st if st else "not loaded")
+        return 0 if st else 3
+    print("usage: nvidia-lab-kmod load|status", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,179 @@
+"""VM 140 of the lab catalog: pre-flight, plan, apply, rollback and destroy against GpuFakePve."""
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import pytest
+
+from provisioners.errors import DeployError
+from provisioners.vm import MARKER_LINE, MARKER_TAG, apply_vm, destroy_vm, plan_vm, preflight
+from tests.conftest import SSH_PUB, writes
+
+NODE = "pve1"
+
+
+def _vm(catalog):
+    return catalog.vm(140)
+
+
+def _without_mapping(catalog):
+    vm = _vm(catalog)
+    gpu = vm.gpu.model_copy(update={"mapping": None})
+    return vm.model_copy(update={"gpu": gpu})
+
+
+def test_create_vm_140_with_the_passthrough_config(pve_token, lab_catalog, gpupve, lab_image):
+    results = apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert [r.status for r in results] == ["ok", "changed", "changed", "changed", "changed"]
+    vm = gpupve.vm(140)
+    cfg = vm.config
+    assert vm.status == "running"
+    assert (cfg["machine"], cfg["bios"], cfg["cpu"], cfg["scsihw"]) == ("q35", "ovmf", "host", "virtio-scsi-single")
+    assert str(cfg["balloon"]) == "0" and str(cfg["memory"]) == "1024" and str(cfg["cores"]) == "2"
+    assert cfg["efidisk0"].startswith("local-lvm:") and "efitype=4m" in cfg["efidisk0"]
+    assert "pre-enrolled-keys=0" in cfg["efidisk0"]
+    assert cfg["scsi0"].startswith("local-lvm:") and cfg["scsi0"].endswith("size=8G")
+    assert cfg["ide2"].startswith("local-lvm:") and "media=cdrom" in cfg["ide2"]
+    assert cfg["hostpci0"] == "mapping=rtx5060ti,pcie=1"
+    assert cfg["ipconfig0"] == "ip=10.0.2.15/24,gw=10.0.2.2" and cfg["nameserver"] == "10.0.2.3"
+    assert cfg["ciuser"] == "ubuntu"
+    assert "+" not in cfg["sshkeys"] and "%2B" in cfg["sshkeys"] and unquote(cfg["sshkeys"]) == SSH_PUB
+    assert str(cfg["agent"]) == "1" and str(cfg["onboot"]) == "1"
+    assert MARKER_TAG in cfg["tags"] and MARKER_LINE in cfg["description"].splitlines()
+    assert cfg["net0"].startswith("virtio=") and "bridge=vmbr0" in cfg["net0"]
+    assert gpupve.pci_mappings["rtx5060ti"]["map"] == ["node=pve1,path=0000:01:00,id=10de:2d04,iommugroup=14"]
+    starts = [b for m, p, b in gpupve.requests if m == "POST" and p.endswith("/qemu/140/status/start")]
+    assert starts == [b"timeout=600"]
+
+
+def test_second_plan_is_empty_and_read_only(pve_token, lab_catalog, gpupve, lab_image):
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    mark = len(gpupve.requests)
+    assert plan_vm(pve_token, lab_catalog, _vm(lab_catalog)) == []
+    assert [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "error"] == []
+    assert writes(gpupve, mark) == []
+    again = apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert [r.status for r in again] == ["ok"]
+    assert writes(gpupve, mark) == []
+
+
+def test_root_password_login_uses_the_raw_address(pve_root, lab_catalog, gpupve, lab_image):
+    apply_vm(pve_root, lab_catalog, _vm(lab_catalog))
+    assert gpupve.vm(140).config["hostpci0"] == "host=0000:01:00,pcie=1"
+    assert gpupve.pci_mappings == {}
+
+
+def test_missing_image_is_downloaded_with_checksum(pve_token, lab_catalog, gpupve):
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    bodies = [b.decode() for m, p, b in gpupve.requests if p.endswith("/storage/local/download-url")]
+    assert len(bodies) == 1
+    assert "content=import" in bodies[0] and "checksum-algorithm=sha256" in bodies[0]
+    assert "filename=lab-debian-12.qcow2" in bodies[0]
+    assert gpupve.vm(140).status == "running"
+
+
+def test_disk_shrink_is_refused(pve_token, lab_catalog, gpupve, lab_image):
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    smaller = _vm(lab_catalog).model_copy(update={"disk": _vm(lab_catalog).disk.model_copy(update={"size_gib": 4})})
+    changes = plan_vm(pve_token, lab_catalog, smaller)
+    assert [(c.action, c.field) for c in changes] == [("refuse", "scsi0")]
+    mark = len(gpupve.requests)
+    with pytest.raises(DeployError, match="refusing to change VM 140"):
+        apply_vm(pve_token, lab_catalog, smaller)
+    assert writes(gpupve, mark) == []
+    assert gpupve.vm(140).config["scsi0"].endswith("size=8G")
+
+
+def test_disk_grow_and_running_changes(pve_token, lab_catalog, gpupve, lab_image):
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    bigger = _vm(lab_catalog).model_copy(update={"cores": 4, "disk": _vm(lab_catalog).disk.model_copy(
+        update={"size_gib": 16})})
+    changes = {(c.action, c.field) for c in plan_vm(pve_token, lab_catalog, bigger)}
+    assert changes == {("update", "scsi0"), ("needs-restart", "cores")}
+    apply_vm(pve_token, lab_catalog, bigger)
+    assert gpupve.vm(140).config["scsi0"].endswith("size=16G")
+    assert gpupve.vm(140).pending == {"cores": "4"}
+    # written but not in effect yet: the plan keeps saying so until the VM restarts
+    assert [(c.action, c.field) for c in plan_vm(pve_token, lab_catalog, bigger)] == [("needs-restart", "cores")]
+
+
+def test_unmanaged_vm_140_is_a_conflict_and_untouched(pve_token, lab_catalog, gpupve, lab_image):
+    other = gpupve.add_vm(140, "someone-elses", node=NODE, status="running",
+                          config={"memory": "4096", "scsi0": "local-lvm:vm-140-disk-0,size=32G"})
+    before = dict(other.config)
+    changes = plan_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert [c.action for c in changes] == ["refuse"]
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert "conflict" in str(err.value) and "someone-elses" in str(err.value)
+    with pytest.raises(DeployError, match="not created by this tool"):
+        destroy_vm(pve_token, lab_catalog, _vm(lab_catalog), confirm=True)
+    assert writes(gpupve) == []
+    assert gpupve.vm(140) is other and other.config == before and other.status == "running"
+
+
+def test_start_failure_vfio_busy_rolls_back(pve_token, lab_catalog, gpupve, lab_image):
+    gpupve.vfio_busy = True
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    text = str(err.value)
+    assert "start failed: QEMU exited with code 1" in text
+    assert "vfio 0000:01:00.0: failed to open /dev/vfio/14: Device or resource busy" in text
+    assert "0000:01:00" in text and "10de:2d04" in text
+    assert "IOMMU" in text and "already in use by VMID" in text and "Mapping.Use" in text
+    assert "destroyed" in text
+    assert gpupve.vm(140) is None
+    deletes = [p for m, p, _ in gpupve.requests if m == "DELETE"]
+    assert deletes == [f"/api2/json/nodes/{NODE}/qemu/140"]
+    destroy = [t for t in gpupve.tasklog if t["type"] == "qmdestroy"]
+    assert destroy and "purging VM 140 from related configurations.." in destroy[-1]["log"]  # purge=1
+    assert not [v for v in gpupve.storages["local-lvm"].get("volumes", {}).values() if v.get("vmid") == 140]
+
+
+def test_token_with_raw_address_is_refused_by_pve_and_leaves_nothing(pve_token, lab_catalog, gpupve, lab_image):
+    vm = _without_mapping(lab_catalog)
+    warnings = [f for f in preflight(pve_token, lab_catalog, vm) if f.severity == "warning"]
+    assert any("only root can set" in f.message for f in warnings)
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, vm)
+    text = str(err.value)
+    assert "only root can set 'hostpci0' config for non-mapped devices" in text
+    assert "0000:01:00" in text and "Mapping.Use" in text
+    assert gpupve.vm(140) is None
+
+
+@pytest.mark.gpu_profile("no-gpu")
+def test_gpu_absent_stops_before_any_change(pve_token, lab_catalog, gpupve, lab_image):
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    text = str(err.value)
+    assert "pre-flight checks failed" in text and "10de:2d04" in text and "not found at 0000:01:00" in text
+    assert writes(gpupve) == []
+    assert gpupve.vm(140) is None
+
+
+@pytest.mark.gpu_profile("no-iommu")
+def test_iommu_off_is_a_preflight_error(pve_token, lab_catalog, gpupve, lab_image):
+    errors = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "error"]
+    assert len(errors) == 1 and "IOMMU is off" in errors[0].message
+
+
+def test_mapping_pointing_elsewhere_is_a_preflight_error(pve_token, lab_catalog, gpupve, lab_image):
+    gpupve.add_pci_mapping("rtx5060ti", path="0000:05:00")
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert "points at 0000:05:00" in str(err.value)
+    assert writes(gpupve) == [] and gpupve.vm(140) is None
+
+
+def test_destroy_needs_confirmation_and_removes_our_vm(pve_token, lab_catalog, gpupve, lab_image):
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    mark = len(gpupve.requests)
+    with pytest.raises(DeployError, match="without confirmation"):
+        destroy_vm(pve_token, lab_catalog, _vm(lab_catalog), confirm=False)
+    assert len(gpupve.requests) == mark
+    result = destroy_vm(pve_token, lab_catalog, _vm(lab_catalog), confirm=True)
+    assert result.status == "changed"
+    assert gpupve.vm(140) is None
+    assert not [v for v in gpupve.storages["local-lvm"].get("volumes", {}).values() if v.get("vmid") == 140]
+    assert destroy_vm(pve_token, lab_catalog, _vm(lab_catalog), confirm=True).status == "ok"
