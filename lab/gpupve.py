@@ -24,6 +24,8 @@ Extending (the lab hypervisor, ``lab/hypervisor.py``, boots a real guest):
 - stop / shutdown / reboot / destroy stay fakepve's: override ``_do_stop(vm, user, p)``,
   ``_do_shutdown``, ``_do_reboot`` and ``_qm_destroy(v, user)`` and call ``super()``; with
   ``time_scale == 0`` the task has finished when ``super()`` returns (``vm.status`` tells).
+- ``lose_response(method, suffix)`` is a test fault (not a PVE gap): the request is carried out
+  and the answer lost, to prove that a create is never re-sent blindly.
 - ``pci_devices_for_profile(name)`` is the device list of a GPU profile; ``lab/profiles.py``
   may pass its own list as ``GpuFakePve(profile={"name": ..., "pci_devices": [...], "iommu": bool})``.
 """
@@ -195,20 +197,28 @@ class GpuFakePve(FakePve):
             out.append(item)
         return sorted(out, key=lambda d: d["id"])
 
+    # Behaviour and texts: pve-manager PVE/API2/Cluster/Mapping/PCI.pm (index/get/create/update/delete).
+
+    def _map_digest(self) -> str:
+        from fakepve.routing import sha1
+        return sha1(repr(sorted((k, sorted(v["map"]), v.get("description", "")) for k, v in self.pci_mappings.items())))
+
     def _map_view(self, mapping_id):
         data = self.pci_mappings[mapping_id]
-        return {"id": mapping_id, "map": list(data["map"]), "description": data.get("description", ""),
-                "type": "pci"}
+        out = {"map": list(data["map"]), "type": "pci", "digest": self._map_digest()}
+        if data.get("description"):
+            out["description"] = data["description"]
+        return out
 
     async def _map_list(self, v, user):
         out = []
         for mapping_id in sorted(self.pci_mappings):
-            if not (self.allowed(user, "/mapping/pci/" + mapping_id, "Mapping.Audit")
-                    or self.allowed(user, "/mapping/pci/" + mapping_id, "Mapping.Use")
-                    or self.allowed(user, "/mapping/pci/" + mapping_id, "Mapping.Modify")):
+            path = "/mapping/pci/" + mapping_id
+            if not any(self.allowed(user, path, p) for p in ("Mapping.Modify", "Mapping.Use", "Mapping.Audit")):
                 continue
             item = self._map_view(mapping_id)
             item.pop("type")
+            item["id"] = mapping_id
             if v.get("check-node"):
                 item["checks"] = self._map_checks(mapping_id, v["check-node"])
             out.append(item)
@@ -218,15 +228,16 @@ class GpuFakePve(FakePve):
         checks = []
         entries = [e for e in (_parse_map_entry(m) for m in self.pci_mappings[mapping_id]["map"]) if e.get("node") == node]
         if not entries:
-            checks.append({"severity": "warning", "message": f"mapping has no entry for node '{node}'"})
+            checks.append({"severity": "warning", "message": f"No mapping for node {node}."})
         for entry in entries:
             if not self._functions_of(entry.get("path", "")):
-                checks.append({"severity": "error", "message": f"pci device '{entry.get('path')}' not found"})
+                checks.append({"severity": "error",
+                               "message": f"Invalid configuration: pci device '{entry.get('path')}' not found\n"})
         return checks
 
     async def _map_get(self, v, user):
         if v["id"] not in self.pci_mappings:
-            raise die(f"no such pci ID '{v['id']}'")
+            raise die(f"mapping '{v['id']}' not found")
         return self._map_view(v["id"])
 
     @staticmethod
@@ -240,22 +251,23 @@ class GpuFakePve(FakePve):
         return None
 
     async def _map_update(self, v, user):
+        from fakepve.routing import check_digest
+        if v.get("digest"):
+            check_digest(self._map_digest(), v["digest"])
         data = self.pci_mappings.get(v["id"])
         if data is None:
-            raise die(f"no such pci ID '{v['id']}'")
+            raise die(f"pci ID '{v['id']}' does not exist")
+        for key in [k for k in re.split(r"[,;\s]+", str(v.get("delete") or "")) if k]:
+            if key == "description":
+                data["description"] = ""
         if v.get("map") is not None:
             data["map"] = self._map_values(v["map"])
         if v.get("description") is not None:
             data["description"] = v["description"]
-        for key in [k for k in str(v.get("delete") or "").split(",") if k]:
-            if key == "description":
-                data["description"] = ""
         return None
 
     async def _map_delete(self, v, user):
-        if v["id"] not in self.pci_mappings:
-            raise die(f"no such pci ID '{v['id']}'")
-        del self.pci_mappings[v["id"]]
+        self.pci_mappings.pop(v["id"], None)  # PVE: no error for an unknown id
         return None
 
     # ------------------------------------------------------------------- hostpci rules
@@ -300,7 +312,7 @@ class GpuFakePve(FakePve):
         if not source:
             return super()._qm_new_drive(vmid, key, value, default)
         src = self._qm_volume(source)
-        if src is None:
+        if src is None:  # wording: fakepve's error catalogue for POST /nodes/{node}/qemu (can_t_find_file)
             raise die(f"can't find file '{source}'")
         sid = volume.split(":", 1)[0] if ":" in volume else default
         size = int(src.get("size") or 0)
@@ -324,7 +336,7 @@ class GpuFakePve(FakePve):
             raise PveError(400, "Parameter verification failed.", {"size": "value does not match the regex pattern"})
         amount = int(float(want.group(2)) * SIZE_UNITS.get(want.group(3) or "", 1))
         new = current + amount if want.group(1) else amount
-        if new < current:
+        if new < current:  # qemu-server API2/Qemu.pm resize_vm
             raise die("shrinking disks is not supported")
 
         async def body():

@@ -48,6 +48,8 @@ PACKAGES = (
     "python3", "python3-venv", "python3-dev", "python3-cffi-backend", "build-essential",
     "sudo", "iproute2", "ifupdown", "isc-dhcp-client", "ca-certificates", "locales",
     "zstd", "curl", "gnupg", "kmod", "pciutils",
+    # logind needs dbus to act on the ACPI power button (PVE shutdown/reboot = system_powerdown)
+    "dbus",
 )
 #: file name of the image as a PVE volume (``local:import/<name>``), referenced by the lab catalog
 VOLUME_NAME = "lab-debian-12.qcow2"

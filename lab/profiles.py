@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from provisioners.errors import DeployError
@@ -122,7 +122,6 @@ class Profile:
         ("xserver-xorg-video-nouveau", "distro free builtin", False),
     )
     iommu: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_gpu(self) -> bool:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: Seconds; PVE API calls on a busy node can take well over proxmoxer's default of 5 s.
 MIN_HTTP_TIMEOUT_S = 30
 _UPID = re.compile(r"^UPID:(?P<node>[^:]+):")
-_LOCK_TEXTS = ("got timeout", "VM is locked")
+_LOCK_TEXTS = ("can't lock file", "VM is locked")
 
 __all__ = [
     "Credentials", "RetryPolicy", "PveClient", "PveApiError", "PveConnectionLost", "PveTaskFailed",
@@ -279,6 +279,13 @@ class PveClient:
                     self._login()
                     continue
                 raise self._api_error(method, path, err) from None
+            except AuthenticationError:
+                # proxmoxer renews a ticket older than an hour with the ticket itself; an expired
+                # one fails there: log in with the password instead.
+                if not relogin or self.credentials.is_token:
+                    raise
+                self._login()
+                continue
             except requests.exceptions.SSLError as err:
                 raise self._tls_error(err) from None
         raise AssertionError("unreachable")
@@ -319,31 +326,64 @@ class PveClient:
         """DELETE; see :meth:`write`."""
         return self.write("DELETE", path, **params)
 
-    def write(self, method: str, path: str, /, **data: Any) -> Any:
-        """A state-changing request. Never repeated after a broken connection (raises
-        :class:`PveConnectionLost`); repeated with backoff while PVE answers that the VM config
-        lock is held (``can't lock file ... got timeout``, ``VM is locked``), as PVE acted on nothing."""
+    def write(self, method: str, path: str, /, *, idempotent: bool = False, **data: Any) -> Any:
+        """A state-changing request.
+
+        After a broken connection it is repeated (with backoff) only when ``idempotent`` (the
+        same request twice has the effect of once: a config PUT, an absolute resize, a stop);
+        otherwise :class:`PveConnectionLost` is raised and the caller looks before repeating.
+        While PVE answers that the VM config lock is held (``can't lock file ... got timeout``,
+        ``VM is locked``) it is repeated with backoff, as PVE acted on nothing.
+        """
         wait = self.retry.lock_initial_s
-        for attempt in range(1, self.retry.lock_attempts + 1):
+        lock_tries = transient_tries = 0
+        while True:
             try:
                 return self._call(method, path, data)
             except _TRANSIENT as err:
-                raise PveConnectionLost(
-                    f"connection lost during {method} {path}", cause=redact(f"{type(err).__name__}: {err}"),
-                    remedy="PVE may or may not have carried it out; the deployer checks before repeating",
-                    command=f"{method} {path}") from None
+                transient_tries += 1
+                if not idempotent or transient_tries >= self.retry.attempts:
+                    raise PveConnectionLost(
+                        f"connection lost during {method} {path}", cause=redact(f"{type(err).__name__}: {err}"),
+                        remedy="PVE may or may not have carried it out; the deployer checks before repeating",
+                        command=f"{method} {path}") from None
+                delay = min(self.retry.initial_s * 2 ** (transient_tries - 1), self.retry.max_s)
+                self.retries += 1
+                log.warning(redact(f"{method} {path}: {type(err).__name__}; idempotent, retry in {delay:.1f} s"))
+                time.sleep(delay)
             except PveApiError as err:
-                if not any(t in err.message for t in _LOCK_TEXTS) or attempt == self.retry.lock_attempts:
-                    if any(t in err.message for t in _LOCK_TEXTS):
+                locked = any(t in err.message for t in _LOCK_TEXTS)
+                lock_tries += locked
+                if not locked or lock_tries >= self.retry.lock_attempts:
+                    if locked:
                         err.remedy = ("another task holds the VM's config lock (backup, migration, snapshot or a "
                                       "hung task): wait for it (PVE web UI: Tasks) or clear a stale lock with "
                                       "`qm unlock <vmid>`, then run again")
                     raise
                 self.retries += 1
-                log.warning(redact(f"{method} {path}: {err.message}; retry {attempt} in {wait:.1f} s"))
+                log.warning(redact(f"{method} {path}: {err.message}; retry {lock_tries} in {wait:.1f} s"))
                 time.sleep(wait)
                 wait = min(wait * 2, self.retry.max_s)
-        raise AssertionError("unreachable")
+
+    def submit_task(self, method: str, path: str, /, *, node: str, vmid: int, task_type: str, **data: Any) -> str:
+        """Send a request that starts a task which must not run twice (a VM start); returns its UPID.
+
+        After a broken connection it looks in ``GET /nodes/{node}/tasks?vmid=`` for a
+        ``task_type`` task that was not there before the request: found = ours, followed;
+        none = the request never arrived, sent once more.
+        """
+        tasks = f"/nodes/{node}/tasks"
+        before = {t.get("upid") for t in self.get(tasks, vmid=vmid) or []}
+        try:
+            return str(self.write(method, path, **data))
+        except PveConnectionLost:
+            log.warning(redact(f"connection lost during {method} {path}; looking for its task"))
+        for task in self.get(tasks, vmid=vmid) or []:
+            if task.get("type") == task_type and str(task.get("id")) == str(vmid) and task.get("upid") not in before:
+                log.info(redact(f"{method} {path} did reach PVE: following {task['upid']}"))
+                return str(task["upid"])
+        log.warning(redact(f"{method} {path} did not reach PVE (no new {task_type} task); sending it once more"))
+        return str(self.write(method, path, **data))
 
     # ----------------------------------------------------------------------- tasks
 
@@ -386,9 +426,10 @@ class PveClient:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, self.retry.poll_max_s)
 
-    def run_task(self, method: str, path: str, timeout_s: float, what: str, /, **data: Any) -> dict[str, Any]:
-        """``write`` a request that answers with a UPID, then :meth:`wait_task` it."""
-        upid = self.write(method, path, **data)
+    def run_task(self, method: str, path: str, timeout_s: float, what: str, /, *, idempotent: bool = False,
+                 **data: Any) -> dict[str, Any]:
+        """``write`` a request that answers with a UPID, then :meth:`wait_task` it (``timeout_s`` seconds)."""
+        upid = self.write(method, path, idempotent=idempotent, **data)
         return self.wait_task(str(upid), timeout_s, what=what, command=f"{method} {path}")
 
     # ---------------------------------------------------------------- permissions

@@ -241,6 +241,23 @@ class _PinningPolicy(paramiko.MissingHostKeyPolicy):
         self.store.check_or_pin(self.identity, self.generation, hostname, key, self.log)
 
 
+def vm_generation(config: dict | None) -> str | None:
+    """The creation marker of a PVE VM from its config (``GET /nodes/{node}/qemu/{vmid}/config``),
+    for ``RemoteSession(vm_generation=...)``: ``"ctime=<epoch s>"`` from ``meta:
+    creation-qemu=...,ctime=...`` (written once when PVE creates the VM), else
+    ``"vmgenid=<uuid>"`` (regenerated on create, also on restore). None when neither is set."""
+    if not config:
+        return None
+    for part in str(config.get("meta") or "").split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "ctime" and value.strip():
+            return f"ctime={value.strip()}"
+    gen = str(config.get("vmgenid") or "")
+    if gen and gen not in ("0", "1"):
+        return f"vmgenid={gen}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # the session
 
@@ -312,9 +329,8 @@ class RemoteSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @property
     def connected(self) -> bool:
-        """True while the SSH transport is up."""
+        """True while the SSH transport is up (a method: ``session.connected()``)."""
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())
 
@@ -374,7 +390,7 @@ class RemoteSession:
         (a booting VM refuses connections, then may reject the key until cloud-init has
         installed it). Raises :class:`HostKeyMismatchError` at once, and
         :class:`DeployError` naming the last error after ``wait_s``."""
-        if self.connected:
+        if self.connected():
             return self
         deadline = time.monotonic() + wait_s
         attempt, last = 0, ""
@@ -424,7 +440,7 @@ class RemoteSession:
     @property
     def transport(self) -> paramiko.Transport:
         """The live paramiko transport (connecting first if needed); shared with testinfra."""
-        if not self.connected:
+        if not self.connected():
             self.connect(wait_s=self.reconnect_wait_s if self._ever_connected else 0)
         return self._client.get_transport()
 
@@ -466,7 +482,7 @@ class RemoteSession:
         try:
             result = self._run_once(cmd, wrapped, timeout_s, stream, data)
         except _Dropped as dropped:
-            if not idempotent:
+            if not idempotent and dropped.started:
                 raise ConnectionLostError(
                     what=f"SSH connection to {self.host} lost while running a step that is not "
                          "safe to repeat automatically",
@@ -501,14 +517,19 @@ class RemoteSession:
 
     def _run_once(self, cmd: str, wrapped: str, timeout_s: float, stream: bool,
                   data: bytes | None) -> CommandResult:
-        transport = self.transport
+        try:
+            transport = self.transport
+        except DeployError as exc:
+            if not self._ever_connected or isinstance(exc, HostKeyMismatchError):
+                raise
+            raise _Dropped(f"reconnect failed: {exc.what}", started=False) from None
         if stream:
             self.log(f"{_stamp()} {self.host} $ {cmd}")
         start = time.monotonic()
         try:
             chan = transport.open_session(timeout=self.connect_timeout_s)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _Dropped(f"cannot open a channel: {exc}") from None
+            raise _Dropped(f"cannot open a channel: {exc}", started=False) from None
         out, err = _LineSink(stream, self, ""), _LineSink(stream, self, "stderr: ")
         try:
             chan.exec_command(wrapped)
@@ -631,7 +652,12 @@ class RemoteSession:
 
 
 class _Dropped(Exception):
-    """Internal: the connection died under a command."""
+    """Internal: the connection died; ``started`` False = before the command was sent (so
+    re-running it is always safe)."""
+
+    def __init__(self, message: str, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 def _stamp() -> str:
@@ -668,4 +694,4 @@ class _LineSink:
 
 __all__ = ["RemoteSession", "CommandResult", "RemoteCommandError", "SudoPasswordRequired",
            "HostKeyMismatchError", "ConnectionLostError", "KnownHostsStore", "fingerprint",
-           "DEFAULT_STORE"]
+           "DEFAULT_STORE", "vm_generation"]

@@ -60,7 +60,6 @@ def gpupve_served(request, pve_pki):
     profile = marker.args[0] if marker else "rtx5060ti"
     pve = GpuFakePve(profile=profile, user="root@pam", password=ROOT_PASSWORD, host="127.0.0.1", port=0)
     pve.time_scale = 0
-    user, _, token = TOKEN_ID.partition("!")
     pve.apitokens[TOKEN_ID] = TOKEN_SECRET
     served = ServedPve(pve, *pve_pki)
     try:

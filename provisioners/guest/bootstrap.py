@@ -218,8 +218,12 @@ def wait_for_apt_locks(session: Any, timeout_s: float = 900, poll_s: float = 5.0
     return _op("apt locks", "ok", "free", start)
 
 
-_DPKG_STATE_SH = ("dpkg --audit 2>&1; echo '@@updates'; "
-                  "ls -A /var/lib/dpkg/updates 2>/dev/null | head -n 20")
+DPKG_UPDATES = "/var/lib/dpkg/updates"
+
+
+def _dpkg_state_sh(updates_dir: str) -> str:
+    return (f"dpkg --audit 2>&1; echo '@@updates'; "
+            f"ls -A {shlex.quote(updates_dir)} 2>/dev/null | head -n 20")
 
 
 def parse_dpkg_state(text: str) -> tuple[str, list[str]]:
@@ -239,12 +243,12 @@ def audit_packages(audit: str) -> list[str]:
     return pkgs
 
 
-def repair_dpkg(session: Any) -> OpResult:
+def repair_dpkg(session: Any, updates_dir: str = DPKG_UPDATES) -> OpResult:
     """``dpkg --configure -a`` when dpkg was interrupted (see module docstring). Returns
     ``ok`` (nothing to do / only NVIDIA packages left broken, for the driver step) or
     ``changed``. Raises :class:`DeployError` when other packages stay broken."""
     start = time.monotonic()
-    state = session.run(_DPKG_STATE_SH, sudo=True, check=False, timeout_s=120)
+    state = session.run(_dpkg_state_sh(updates_dir), sudo=True, check=False, timeout_s=120)
     audit, updates = parse_dpkg_state(state.stdout)
     if not audit and not updates:
         return _op("dpkg", "ok", "consistent", start)
@@ -252,7 +256,7 @@ def repair_dpkg(session: Any) -> OpResult:
                 "running dpkg --configure -a")
     r = session.run("dpkg --configure -a", sudo=True, check=False, stream=True, timeout_s=1800,
                     env={"DEBIAN_FRONTEND": "noninteractive"})
-    after = session.run(_DPKG_STATE_SH, sudo=True, check=False, timeout_s=120)
+    after = session.run(_dpkg_state_sh(updates_dir), sudo=True, check=False, timeout_s=120)
     audit2, updates2 = parse_dpkg_state(after.stdout)
     if not audit2 and not updates2:
         return _op("dpkg", "changed", "repaired an interrupted dpkg (dpkg --configure -a)", start)
@@ -295,17 +299,26 @@ def render_sources(name: str, url: str, suite: str, components: Iterable[str] | 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-def ensure_key(session: Any, name: str, key_url: str) -> tuple[str, bool]:
-    """Download ``key_url`` on the guest and install it as ``/etc/apt/keyrings/<name>.asc``
+def download_sh(url: str, dest: str) -> str:
+    """Bash that downloads ``url`` to ``dest`` (a shell word, may be ``"$tmp"``) on the guest
+    with curl, else wget, else python3 (a minimal image may lack curl); fails on HTTP errors."""
+    q = shlex.quote(url)
+    return (f"if command -v curl >/dev/null; then curl -fsSL --retry 3 -o {dest} {q}; "
+            f"elif command -v wget >/dev/null; then wget -q -O {dest} {q}; "
+            "else python3 -c 'import sys,urllib.request; "
+            f"urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' {q} {dest}; fi")
+
+
+def ensure_key(session: Any, name: str, key_url: str,
+               keyring_dir: str = KEYRING_DIR) -> tuple[str, bool]:
+    """Download ``key_url`` on the guest and install it as ``<keyring_dir>/<name>.asc``
     (armored) or ``.gpg`` (binary) when it differs. Returns (keyring path, changed)."""
-    q = shlex.quote(key_url)
-    base = f"{KEYRING_DIR}/{name}"
+    base = f"{keyring_dir}/{name}"
     script = (
         "set -e; tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; "
-        f"if command -v curl >/dev/null; then curl -fsSL --retry 3 -o \"$tmp\" {q}; "
-        f"else wget -q -O \"$tmp\" {q}; fi; "
+        + download_sh(key_url, '"$tmp"') + "; "
         "if head -c 64 \"$tmp\" | grep -q -- '-----BEGIN PGP'; then ext=asc; else ext=gpg; fi; "
-        f"dest={shlex.quote(base)}.$ext; install -d -m 0755 {KEYRING_DIR}; "
+        f"dest={shlex.quote(base)}.$ext; install -d -m 0755 {shlex.quote(keyring_dir)}; "
         "if cmp -s \"$tmp\" \"$dest\"; then echo \"unchanged $dest\"; "
         "else install -m 0644 -o root -g root \"$tmp\" \"$dest\"; echo \"changed $dest\"; fi")
     r = session.run(script, sudo=True, timeout_s=180)
@@ -313,10 +326,12 @@ def ensure_key(session: Any, name: str, key_url: str) -> tuple[str, bool]:
     return path, status == "changed"
 
 
-def ensure_apt_repositories(session: Any, repos: Iterable[Any]) -> list[OpResult]:
+def ensure_apt_repositories(session: Any, repos: Iterable[Any], *,
+                            keyring_dir: str = KEYRING_DIR, sources_dir: str = SOURCES_DIR,
+                            lists_dir: str = "/var/lib/apt/lists") -> list[OpResult]:
     """Configure each repository (see module docstring) and run ``apt-get update`` when one
     changed or the package lists are missing. Raises :class:`DeployError` for an invalid
-    entry (bad name, missing url/suite/key_url)."""
+    entry (bad name, missing url/suite/key_url). The directories are parameters for tests."""
     results: list[OpResult] = []
     changed_any = False
     for repo in repos or []:
@@ -330,9 +345,9 @@ def ensure_apt_repositories(session: Any, repos: Iterable[Any]) -> list[OpResult
                 cause="each entry needs name (lower-case word), url, suite and key_url",
                 remedy="e.g. {name: lab, url: http://10.0.2.2:17080/apt, suite: stable, "
                        "components: [main], key_url: http://10.0.2.2:17080/apt/key.asc}")
-        keyring, key_changed = ensure_key(session, name, str(key_url))
+        keyring, key_changed = ensure_key(session, name, str(key_url), keyring_dir)
         content = render_sources(name, str(url), str(suite), comps, keyring)
-        src_changed = session.put_file(f"{SOURCES_DIR}/{name}.sources", content, mode=0o644,
+        src_changed = session.put_file(f"{sources_dir}/{name}.sources", content, mode=0o644,
                                        owner="root:root")
         changed = key_changed or src_changed
         changed_any |= changed
@@ -341,7 +356,7 @@ def ensure_apt_repositories(session: Any, repos: Iterable[Any]) -> list[OpResult
                            f"wrote {' and '.join(what)}" if changed else "already configured",
                            start))
     start = time.monotonic()
-    lists = session.run("ls /var/lib/apt/lists/ 2>/dev/null | grep -c '_Packages' || true",
+    lists = session.run(f"ls {shlex.quote(lists_dir)}/ 2>/dev/null | grep -c '_Packages' || true",
                         timeout_s=30).stdout.strip()
     missing = lists in ("", "0")
     if changed_any or missing:
@@ -352,11 +367,15 @@ def ensure_apt_repositories(session: Any, repos: Iterable[Any]) -> list[OpResult
     return results
 
 
-def bootstrap(session: Any, vm: Any, *, ssh_wait_s: float = 600,
+def bootstrap(session: Any, catalog: Any, vm: Any = None, *, ssh_wait_s: float = 600,
               cloud_init_timeout_s: float = 1800, lock_timeout_s: float = 900) -> list[OpResult]:
     """Run the bootstrap steps of the module docstring on ``vm`` (a catalog VM; reads
-    ``vm.stack.apt_repositories``). Returns one :class:`OpResult` per step; raises
-    :class:`DeployError` on the first step that cannot be completed."""
+    ``vm.stack.apt_repositories``; ``catalog`` is the whole catalog, unused today - called as
+    ``bootstrap(session, catalog, vm)`` by the pipeline; ``bootstrap(session, vm)`` works too).
+    Returns one :class:`OpResult` per step; raises :class:`DeployError` on the first step that
+    cannot be completed."""
+    if vm is None:
+        vm = catalog
     start = time.monotonic()
     session.connect(wait_s=ssh_wait_s)
     results = [_op("ssh", "ok", f"{session.user}@{session.host}:{session.port} answers", start)]
@@ -371,6 +390,6 @@ def bootstrap(session: Any, vm: Any, *, ssh_wait_s: float = 600,
 
 __all__ = ["bootstrap", "wait_for_cloud_init", "wait_for_apt_locks", "repair_dpkg",
            "ensure_apt_repositories", "ensure_key", "render_sources", "apt_get",
-           "installed_packages", "parse_dpkg_query", "parse_lock_holders", "lock_holders",
+           "installed_packages", "parse_dpkg_query", "download_sh", "parse_lock_holders", "lock_holders",
            "parse_dpkg_state", "audit_packages", "is_installed", "LockHolder", "LOCK_FILES",
            "DPKG_QUERY"]

@@ -27,7 +27,9 @@ from typing import Any
 
 from provisioners.errors import DeployError
 from provisioners.guest.base import Check, Facts
-from provisioners.guest.bootstrap import DPKG_QUERY, apt_get, is_installed, parse_dpkg_query
+from provisioners.guest.bootstrap import (
+    DPKG_QUERY, apt_get, download_sh, is_installed, parse_dpkg_query,
+)
 from provisioners.redact import redact
 from provisioners.results import Change, OpResult
 
@@ -101,17 +103,31 @@ def min_cuda_for(cc: tuple[int, int] | None) -> tuple[int, int] | None:
     return None
 
 
+def table_min_cuda(pci_id: str) -> tuple[int, int] | None:
+    """``min_cuda`` of the GPU table row (``"12.8"`` -> ``(12, 8)``), or None."""
+    try:
+        from provisioners import gpus  # noqa: PLC0415
+        info = gpus.gpu_info(pci_id)
+    except (ImportError, AttributeError, LookupError, DeployError):
+        return None
+    val = getattr(info, "min_cuda", None) if info is not None else None
+    return _ver(val) if val else None
+
+
 def check_version(version: str, pci_id: str, cc: tuple[int, int] | None = None) -> None:
     """Raise :class:`DeployError` when CUDA ``version`` cannot target the GPU ``pci_id``
-    (``cc`` overrides the GPU table). Pure apart from the GPU-table lookup."""
+    (``cc`` overrides the GPU table). The floor is the larger of the table's ``min_cuda`` and
+    :func:`min_cuda_for` (cc). Pure apart from the GPU-table lookup."""
     cc = cc if cc is not None else compute_capability(pci_id)
-    need = min_cuda_for(cc)
+    floors = [f for f in (min_cuda_for(cc), table_min_cuda(pci_id)) if f]
+    need = max(floors) if floors else None
     if need is None or _ver(version) >= need:
         return
+    sm = f"sm_{cc[0]}{cc[1]}" if cc else "this GPU"
     raise DeployError(
-        what=f"CUDA {version} cannot build for GPU {pci_id} (compute capability "
-             f"{cc[0]}.{cc[1]}, sm_{cc[0]}{cc[1]})",
-        cause=f"sm_{cc[0]}{cc[1]} needs CUDA >= {need[0]}.{need[1]}; older toolkits fail with "
+        what=f"CUDA {version} cannot build for GPU {pci_id}"
+             + (f" (compute capability {cc[0]}.{cc[1]}, {sm})" if cc else ""),
+        cause=f"{sm} needs CUDA >= {need[0]}.{need[1]}; older toolkits fail with "
               "'no kernel image is available for execution on the device'",
         remedy=f"set vms[].stack.cuda.version to \"{need[0]}.{need[1]}\" or newer in "
                "infrastructure-catalog.yml")
@@ -268,10 +284,8 @@ class CudaComponent:
         if not self.keyring_url.endswith(".deb"):
             raise DeployError(what=f"stack.cuda.keyring_url must name a .deb: {self.keyring_url}",
                               remedy="use NVIDIA's cuda-keyring_*.deb URL for ubuntu2404/x86_64")
-        q = shlex.quote(self.keyring_url)
         session.run("set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
-                    f"if command -v curl >/dev/null; then curl -fsSL --retry 3 -o \"$d/k.deb\" {q}; "
-                    f"else wget -q -O \"$d/k.deb\" {q}; fi; "
+                    + download_sh(self.keyring_url, '"$d/k.deb"') + "; "
                     "dpkg-deb -f \"$d/k.deb\" Package | grep -qx cuda-keyring; "
                     "dpkg -i \"$d/k.deb\"", sudo=True, timeout_s=300, stream=True)
         apt_get(session, "update", timeout_s=900)
@@ -284,6 +298,11 @@ class CudaComponent:
         facts = self.facts(session)
         r = session.run(sample_script(self.version), check=False, timeout_s=300)
         return cuda_checks(facts, self.version, r.stdout + r.stderr, r.exit_code)
+
+
+def component(catalog: Any, vm: Any, **kwargs: Any) -> CudaComponent:
+    """The pipeline's factory: ``component(catalog, vm)`` -> :class:`CudaComponent`."""
+    return CudaComponent(vm, **kwargs)
 
 
 def cuda_checks(facts: Facts, version: str, sample_output: str, sample_exit: int) -> list[Check]:
@@ -305,6 +324,6 @@ def cuda_checks(facts: Facts, version: str, sample_output: str, sample_exit: int
     return checks
 
 
-__all__ = ["CudaComponent", "assert_allowed", "toolkit_package", "check_version",
+__all__ = ["CudaComponent", "component", "table_min_cuda", "assert_allowed", "toolkit_package", "check_version",
            "min_cuda_for", "compute_capability", "parse_nvcc", "cuda_checks", "sample_script",
            "sample_passed", "FORBIDDEN"]

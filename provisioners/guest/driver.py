@@ -43,9 +43,7 @@ from typing import Any, Callable, Iterable
 
 from provisioners.errors import DeployError
 from provisioners.guest.base import Check, Facts
-from provisioners.guest.bootstrap import (
-    DPKG_QUERY, apt_get, is_installed, parse_dpkg_query, repair_dpkg,
-)
+from provisioners.guest.bootstrap import DPKG_QUERY, apt_get, is_installed, parse_dpkg_query
 from provisioners.parsers import dmesg as dmesg_parser
 from provisioners.parsers import lspci as lspci_parser
 from provisioners.parsers import nvidia_smi
@@ -178,6 +176,7 @@ def options_for_gpu(devices_text: str, list_text: str, pci_id: str) -> list[Driv
 
 PROBES = {
     "has_ubuntu_drivers": "command -v ubuntu-drivers",
+    "candidates": "apt-cache pkgnames nvidia-driver- 2>/dev/null | sort",
     "devices": "ubuntu-drivers devices 2>/dev/null",
     "list": "ubuntu-drivers list 2>/dev/null",
     "installed": f"{DPKG_QUERY} 'nvidia-driver-*' 'linux-modules-nvidia-*' 'nvidia-dkms-*' "
@@ -221,8 +220,15 @@ def facts_from_outputs(outputs: dict[str, tuple[int, str]], pci_id: str) -> Fact
 
     v: dict[str, Any] = {}
     v["ubuntu_drivers"] = ok("has_ubuntu_drivers")
-    v["options"] = options_for_gpu(out("devices"), out("list"), pci_id) if v["ubuntu_drivers"] \
-        else []
+    if v["ubuntu_drivers"]:
+        v["options"] = options_for_gpu(out("devices"), out("list"), pci_id)
+        v["options_source"] = "ubuntu-drivers"
+    else:
+        # Until ubuntu-drivers-common is installed, the archive's package names stand in
+        # (the plan installs the tool first and decides again on its output).
+        v["options"] = [parse_package_name(p) for p in out("candidates").split()
+                        if p.startswith("nvidia-driver-")]
+        v["options_source"] = "apt-cache"
     installed = parse_dpkg_query(out("installed"))
     v["installed"] = installed
     drivers = [parse_package_name(p) for p, (st, _) in installed.items()
@@ -334,7 +340,8 @@ class DriverComponent:
         if good:
             loaded_ok = self.flavour == "closed" or (
                 v.get("license") == OPEN_LICENSE and v.get("loaded_open") is not False)
-            running = v.get("smi") is not None and v.get("loaded_version") is not None
+            # nvidia-smi answering proves a module is loaded (/proc/driver/nvidia may be absent).
+            running = v.get("smi") is not None
             # Only a reboot the driver needs is ours to do; an empty .pkgs list is ambiguous.
             pkgs = v.get("reboot_pkgs", [])
             pending = bool(v.get("reboot_required")) and (not pkgs or any(
@@ -345,13 +352,18 @@ class DriverComponent:
                 else f"installed {cur.package} is not running (nvidia-smi: {v.get('smi_failure')})"
             return [Change("needs-restart", "driver", "loaded", v.get("loaded_version"),
                            cur.package, why)]
+        tool: list[Change] = []
+        if not v.get("ubuntu_drivers"):
+            tool = [Change("create", "driver", "ubuntu-drivers", None, "ubuntu-drivers-common",
+                           "lists the drivers for this GPU; the package choice below is from "
+                           "apt-cache and is made again with ubuntu-drivers")]
         try:
             choice = self.choose(facts)
         except DeployError as exc:
-            return [Change("refuse", "driver", "package", cur.package if cur else None, None,
-                           f"{exc.what}: {exc.cause} -- fix: {exc.remedy}")]
+            return tool + [Change("refuse", "driver", "package", cur.package if cur else None,
+                                  None, f"{exc.what}: {exc.cause} -- fix: {exc.remedy}")]
         if cur is None:
-            return [Change("create", "driver", "package", None, choice.package,
+            return tool + [Change("create", "driver", "package", None, choice.package,
                            f"highest open branch >= {floor} offered"
                            + (f" (ubuntu-drivers recommends {_recommended_name(v)}, not used: "
                               "this GPU needs the open modules)"
@@ -360,7 +372,7 @@ class DriverComponent:
         why = ("half-configured: " + ", ".join(v["half_configured"])) if v.get("half_configured") \
             else (f"{cur.package} is the closed flavour" if not cur.open
                   else f"branch {cur.branch} < {floor}")
-        return [Change("update", "driver", "package", cur.package, choice.package, why)]
+        return tool + [Change("update", "driver", "package", cur.package, choice.package, why)]
 
     # -- apply ----------------------------------------------------------------------------------
 
@@ -371,12 +383,21 @@ class DriverComponent:
             cur = facts.values.get("installed_driver")
             return [OpResult("driver", "ok", f"{cur.package if cur else '?'} installed and "
                              f"loaded ({facts.values.get('loaded_version')})", 0.0)]
+        results: list[OpResult] = []
+        if any(ch.field == "ubuntu-drivers" for ch in changes):
+            start = time.monotonic()
+            apt_get(session, "install -y ubuntu-drivers-common", timeout_s=900)
+            results.append(OpResult("ubuntu-drivers", "changed", "installed ubuntu-drivers-common",
+                                    time.monotonic() - start))
+            facts = self.facts(session)
+            changes = self.plan(facts)
+            if not changes:
+                return results + self.apply(session, facts, changes)
         for ch in changes:
             if ch.action == "refuse":
                 cause, _, remedy = ch.reason.partition(" -- fix: ")
                 raise DeployError(what="driver step refused", cause=cause,
                                   remedy=remedy or "see the cause", evidence=dict(facts.raw))
-        results: list[OpResult] = []
         needs_reboot = False
         for ch in changes:
             if ch.action in ("create", "update"):
@@ -404,12 +425,15 @@ class DriverComponent:
         start = time.monotonic()
         if not re.fullmatch(r"nvidia-driver-\d+(-server)?(-open)?", package or ""):
             raise DeployError(what=f"refusing to install unexpected driver package {package!r}")
-        if facts.values.get("half_configured"):
-            repair_dpkg(session)
-        pkgs = self._packages_for(session, facts, package)
-        cmd = "install -y " + " ".join(shlex.quote(p) for p in pkgs)
         from provisioners.remote import RemoteCommandError  # noqa: PLC0415
+        pkgs = [package]
+        cmd = ""
         try:
+            # Fresh lists: a fixed package may have been published since the last run (a
+            # half-configured driver from a failed install is then upgraded over).
+            apt_get(session, "update", timeout_s=900)
+            pkgs = self._packages_for(session, facts, package)
+            cmd = "install -y " + " ".join(shlex.quote(p) for p in pkgs)
             apt_get(session, cmd, timeout_s=self.install_timeout_s)
         except RemoteCommandError as exc:
             raise self._install_failure(session, exc, pkgs) from None
@@ -487,6 +511,12 @@ class DriverComponent:
         ``Dual MIT/GPL``, no reboot pending, nvidia-smi answers with the catalog's name and
         memory (MiB)."""
         return driver_checks(self.facts(session), self)
+
+
+def component(catalog: Any, vm: Any, **kwargs: Any) -> DriverComponent:
+    """The pipeline's factory: ``component(catalog, vm, reboot=..., ...)`` -> :class:`DriverComponent`
+    (``kwargs`` as its constructor; ``catalog`` is not needed today)."""
+    return DriverComponent(vm, **kwargs)
 
 
 def _recommended_name(values: dict) -> str | None:
@@ -586,6 +616,6 @@ def _findings(diagnose: Callable | None, captures: dict[str, str]) -> str:
     return str(items)
 
 
-__all__ = ["DriverComponent", "choose_driver", "options_for_gpu", "facts_from_outputs",
+__all__ = ["DriverComponent", "component", "choose_driver", "options_for_gpu", "facts_from_outputs",
            "driver_checks", "collect_failure_logs", "gpu_needs", "GpuNeeds", "PROBES",
            "OPEN_LICENSE", "SMI_QUERY"]

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from provisioners.errors import DeployError
-from provisioners.guest import units, vram
+from provisioners.guest import bootstrap, units, vram
 from provisioners.guest.base import Check, Facts
 from provisioners.parsers import ollama as parse
 from provisioners.redact import redact
 from provisioners.results import Change, OpResult
+from provisioners.verify import ladder_step
 
 USER = "ollama"
 HOME = "/usr/share/ollama"
@@ -123,7 +124,7 @@ class OllamaComponent:
         """Read-only probes ``facts`` batches into one round trip (run as root)."""
         return {
             "nvidia_smi": "nvidia-smi -L",
-            "curl": "dpkg-query -W -f='${db:Status-Abbrev}' curl",
+            "curl": f"{bootstrap.DPKG_QUERY} curl",
             "user": f"getent passwd {USER}",
             "groups": f"id -nG {USER}",
             "gpu_groups": "getent group " + " ".join(GPU_GROUPS) + " | cut -d: -f1",
@@ -142,7 +143,8 @@ class OllamaComponent:
         smi = raw["nvidia_smi"]
         v["nvidia_smi_ok"] = smi.ok and "GPU " in smi.output
         v["nvidia_smi"] = smi.output
-        v["curl"] = raw["curl"].ok and raw["curl"].output.strip().startswith("ii")
+        curl = bootstrap.parse_dpkg_query(raw["curl"].output).get("curl", ("", ""))
+        v["curl"] = bootstrap.is_installed(curl[0])
         v["user"] = raw["user"].ok and raw["user"].output.startswith(f"{USER}:")
         member = set(raw["groups"].output.split()) if raw["groups"].ok else set()
         existing = [g for g in raw["gpu_groups"].output.split() if g in GPU_GROUPS]
@@ -234,12 +236,7 @@ class OllamaComponent:
         results: list[OpResult] = []
         if not v["curl"]:
             start = time.monotonic()
-            units.run_checked(
-                session, "export DEBIAN_FRONTEND=noninteractive; "
-                         "apt-get -o DPkg::Lock::Timeout=600 update -q && "
-                         "apt-get -o DPkg::Lock::Timeout=600 install -y -q curl",
-                what="installing curl failed", remedy="check the guest's apt sources",
-                timeout_s=900, stream=True)
+            units.apt_install(session, ["curl"])
             results.append(OpResult("apt curl", "changed", "installed", time.monotonic() - start))
         results.append(self._ensure_user(session, v))
         version = self._ensure_version(session, v["version"])
@@ -279,11 +276,13 @@ class OllamaComponent:
         print ``sha256sum`` of what is there. Never extracts."""
         s = self.settings
         f = shlex.quote(f"{CACHE_DIR}/{s.tarball_name}")
-        return (f"set -e; mkdir -p {CACHE_DIR}; f={f}; "
+        # `set -e -o pipefail` and no `&&` list: a failed download must fail the command,
+        # not end in the hash of nothing.
+        return (f"set -e -o pipefail; mkdir -p {CACHE_DIR}; f={f}; "
                 f"if [ ! -f \"$f\" ] || [ \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" != "
                 f"{shlex.quote(s.sha256)} ]; then "
-                f"curl -fsSL --retry 3 --connect-timeout 30 -o \"$f.part\" {shlex.quote(s.url)}"
-                f" && mv -f \"$f.part\" \"$f\"; fi; sha256sum < \"$f\" | cut -d' ' -f1")
+                f"curl -fsSL --retry 3 --connect-timeout 30 -o \"$f.part\" {shlex.quote(s.url)}; "
+                f"mv -f \"$f.part\" \"$f\"; fi; sha256sum < \"$f\" | cut -d' ' -f1")
 
     def install_command(self) -> str:
         """Shell: extract the (already checked) tarball to a staging directory, then replace
@@ -292,7 +291,7 @@ class OllamaComponent:
         stage = f"{CACHE_DIR}/ollama-stage"
         return (f"set -e; rm -rf {stage}; mkdir -p {stage}; tar -C {stage} -xf {f}; "
                 f"test -x {stage}/bin/ollama; "
-                f"rm -rf {PREFIX}/lib/ollama; mkdir -p {PREFIX}/lib; "
+                f"rm -rf {PREFIX}/lib/ollama; mkdir -p {PREFIX}/lib {PREFIX}/bin; "
                 f"if [ -d {stage}/lib/ollama ]; then mv {stage}/lib/ollama {PREFIX}/lib/ollama; fi; "
                 f"install -m 0755 {stage}/bin/ollama {BINARY}.new; mv -f {BINARY}.new {BINARY}; "
                 f"rm -rf {stage} {f}")
@@ -346,14 +345,9 @@ class OllamaComponent:
             self._sleep(POLL_S)
 
     def journal_command(self) -> str:
-        """Shell (root): the server log lines of the CURRENT run of the unit (its systemd
-        InvocationID), falling back to the unit's last 2000 lines."""
-        return (f"inv=$(systemctl show -p InvocationID --value {UNIT}); out=''; "
-                f"if [ -n \"$inv\" ]; then out=$(journalctl --no-pager -o cat "
-                f"_SYSTEMD_INVOCATION_ID=$inv); fi; "
-                f"if [ -z \"$out\" ]; then out=$(journalctl -u {UNIT} -n 2000 --no-pager -o cat); fi; "
-                f"printf '%s\\n' \"$out\" | grep -E 'inference compute|skipping|no compatible GPUs'"
-                f" || true")
+        """Shell (root): discovery lines of the CURRENT run of the unit."""
+        return units.invocation_journal_command(
+            UNIT, "inference compute|skipping|no compatible GPUs")
 
     def gpu_lines(self, session: Any) -> str:
         return session.run(self.journal_command(), sudo=True, timeout_s=60, check=False).stdout
@@ -477,6 +471,7 @@ def component(catalog: Any, vm: Any) -> OllamaComponent:
     return OllamaComponent.from_catalog(vm)
 
 
+@ladder_step("ollama", "ollama service")
 def verify_checks(host: Any, session: Any, vm: Any) -> list[Check]:
     """Verify-ladder rung (``provisioners.verify.VERIFY_LADDER``): Ollama's checks for ``vm``,
     or ``[]`` when the catalog does not deploy Ollama. ``host`` (testinfra) is unused: one

@@ -55,6 +55,7 @@ SHOW_PROPERTIES = (
     "ActiveEnterTimestamp",
     "NRestarts",
     "InvocationID",
+    "Restart",
 )
 
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
@@ -214,7 +215,8 @@ class ServiceState:
 
     ``main_pid`` is 0 when no process runs; ``active_enter_timestamp`` is systemd's text
     (e.g. ``"Sun 2026-11-29 17:10:01 UTC"``) or ``""``; ``n_restarts`` counts automatic
-    restarts by ``Restart=`` since the unit was last started by hand (systemd >= 235).
+    restarts by ``Restart=`` since the unit was last started by hand (systemd >= 235);
+    ``restart`` is the unit's ``Restart=`` policy (``on-failure``, ``always``, ``no``).
     """
 
     unit: str
@@ -226,6 +228,7 @@ class ServiceState:
     active_enter_timestamp: str = ""
     n_restarts: int | None = None
     invocation_id: str = ""
+    restart: str = ""
 
     @property
     def exists(self) -> bool:
@@ -274,6 +277,7 @@ def parse_show(unit: str, text: str) -> ServiceState:
         active_enter_timestamp=values.get("ActiveEnterTimestamp", ""),
         n_restarts=_int("NRestarts"),
         invocation_id=values.get("InvocationID", ""),
+        restart=values.get("Restart", ""),
     )
 
 
@@ -281,6 +285,20 @@ def service_state(session: Any, unit: str) -> ServiceState:
     """Read the unit's :class:`ServiceState` (one read-only round trip)."""
     result = session.run(show_command(unit), sudo=False, timeout_s=30, check=False)
     return parse_show(unit, result.stdout)
+
+
+def invocation_journal_command(unit: str, pattern: str | None = None) -> str:
+    """Shell (run as root): the log lines of the unit's CURRENT run (journal field
+    ``_SYSTEMD_INVOCATION_ID`` = the unit's ``InvocationID``, systemd.journal-fields(7)), falling
+    back to the unit's last 2000 lines; only lines matching the extended regex ``pattern`` when
+    given. Always exits 0."""
+    q = shlex.quote(unit)
+    keep = f" | grep -E {shlex.quote(pattern)}" if pattern else ""
+    return (f"inv=$(systemctl show -p InvocationID --value {q}); out=''; "
+            f"if [ -n \"$inv\" ]; then out=$(journalctl --no-pager -o cat "
+            f"_SYSTEMD_INVOCATION_ID=\"$inv\"); fi; "
+            f"if [ -z \"$out\" ]; then out=$(journalctl -u {q} -n 2000 --no-pager -o cat); fi; "
+            f"printf '%s\\n' \"$out\"{keep} || true")
 
 
 def journal_tail(session: Any, unit: str, lines: int = 40) -> str:
@@ -311,6 +329,25 @@ def run_checked(session: Any, cmd: str, *, what: str, remedy: str, sudo: bool = 
                           command=redact(cmd), exit_code=result.exit_code,
                           evidence={"output": tail})
     return result
+
+
+def apt_install(session: Any, packages: Iterable[str]) -> None:
+    """``apt-get update`` then ``apt-get install -y --no-install-recommends PACKAGES`` through
+    :func:`provisioners.guest.bootstrap.apt_get` (non-interactive, waits for the dpkg lock).
+    The update comes first because a fresh cloud image may have no package lists yet.
+    Raises :class:`DeployError` naming the packages, with apt's output."""
+    from provisioners.guest import bootstrap
+
+    names = " ".join(shlex.quote(p) for p in packages)
+    try:
+        bootstrap.apt_get(session, "update")
+        bootstrap.apt_get(session, f"install -y --no-install-recommends {names}")
+    except DeployError as err:
+        raise DeployError(
+            what=f"installing {names} on the guest failed", cause=err.cause,
+            remedy="check the guest's apt sources and network; if dpkg was interrupted, "
+                   "`sudo dpkg --configure -a`, then re-run",
+            evidence=err.evidence, command=err.command, exit_code=err.exit_code) from None
 
 
 def install_file(session: Any, path: str, content: str, *, mode: int = 0o644,
@@ -380,9 +417,9 @@ def service_checks(state: ServiceState) -> list[Any]:
         ("ActiveEnterTimestamp", state.active_enter_timestamp),
         ("NRestarts", state.n_restarts)))
     return [
-        Check(f"{state.unit} active", state.active, "active",
+        Check(f"unit {state.unit} active", state.active, "active",
               f"{state.active_state} ({state.sub_state})", evidence),
-        Check(f"{state.unit} enabled", state.enabled, "enabled",
+        Check(f"unit {state.unit} enabled", state.enabled, "enabled",
               state.unit_file_state or "not installed", evidence),
     ]
 

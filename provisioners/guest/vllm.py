@@ -30,12 +30,15 @@ import shlex
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from provisioners.errors import DeployError
-from provisioners.guest import units, vram
+from provisioners.guest import bootstrap, units, vram
 from provisioners.guest.base import Check, Facts
+from provisioners.parsers import vllm as vllm_log
 from provisioners.redact import redact, register_secret
 from provisioners.results import Change, OpResult
+from provisioners.verify import ladder_step
 
 USER = "vllm"
 HOME = "/var/lib/vllm"
@@ -45,6 +48,10 @@ UNIT_PATH = "/etc/systemd/system/vllm.service"
 ENV_PATH = "/etc/vllm/vllm.env"
 APT_PACKAGES = ("build-essential", "python3-dev", "python3-venv", "curl")
 RESTART_SEC = 5
+# Log lines the GPU check and diagnosis read (provisioners.parsers.vllm); uvicorn access lines
+# ("GET /health ...") are left out so a long-running server's journal stays small.
+JOURNAL_PATTERN = ("KV cache|API server|Model loading|not compatible|no kernel image|C compiler|"
+                   "Free memory on device|out of memory|Engine core initialization failed|Error")
 # Readiness backoff between /health polls, seconds (doubling, capped).
 POLL_FIRST_S = 2.0
 POLL_MAX_S = 30.0
@@ -148,7 +155,7 @@ class VllmComponent:
         pkgs = " ".join(APT_PACKAGES)
         return {
             "user": f"getent passwd {USER}",
-            "packages": f"dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}}\\n' {pkgs}",
+            "packages": f"{bootstrap.DPKG_QUERY} {pkgs}",
             "venv": f"test -x {VENV}/bin/python && echo present",
             "version": _VERSION_CMD,
             "unit": f"sha256sum {UNIT_PATH}",
@@ -164,12 +171,9 @@ class VllmComponent:
         (:class:`units.ServiceState`)."""
         values: dict[str, Any] = {}
         values["user"] = raw["user"].ok and raw["user"].output.startswith(f"{USER}:")
-        installed = set()
-        for line in raw["packages"].output.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[1] == "ii":
-                installed.add(parts[0].split(":")[0])
-        values["packages_missing"] = [p for p in APT_PACKAGES if p not in installed]
+        status = bootstrap.parse_dpkg_query(raw["packages"].output)
+        values["packages_missing"] = [p for p in APT_PACKAGES
+                                      if not bootstrap.is_installed(status.get(p, ("", ""))[0])]
         values["venv"] = raw["venv"].ok
         version = raw["version"].output.strip().splitlines()
         values["version"] = version[-1].strip() if raw["version"].ok and version else None
@@ -287,16 +291,7 @@ class VllmComponent:
         start = time.monotonic()
         if not missing:
             return OpResult("apt " + " ".join(APT_PACKAGES), "ok", "installed")
-        pkgs = " ".join(shlex.quote(p) for p in missing)
-        # Lock timeout: cloud-init or unattended-upgrades may still hold the dpkg lock.
-        units.run_checked(
-            session, "export DEBIAN_FRONTEND=noninteractive; "
-                     "apt-get -o DPkg::Lock::Timeout=600 update -q && "
-                     "apt-get -o DPkg::Lock::Timeout=600 install -y -q "
-                     f"--no-install-recommends {pkgs}",
-            what=f"installing {' '.join(missing)} failed",
-            remedy="check the guest's apt sources and network; `sudo dpkg --configure -a` if "
-                   "dpkg was interrupted", timeout_s=1800, stream=True)
+        units.apt_install(session, missing)
         return OpResult("apt " + " ".join(missing), "changed", "installed",
                         time.monotonic() - start)
 
@@ -310,12 +305,19 @@ class VllmComponent:
         return OpResult(f"venv {VENV}", "changed", "created", time.monotonic() - start)
 
     def pip_command(self) -> str:
-        """The pip command that installs the pinned vLLM from the configured index(es)."""
+        """The pip command that installs the pinned vLLM from the configured index(es);
+        plain-http indexes get ``--trusted-host`` (pip ignores them otherwise)."""
         s = self.settings
         cmd = (f"{VENV}/bin/pip install --disable-pip-version-check --no-input "
                f"--index-url {shlex.quote(s.pip_index_url)}")
         if s.extra_index_url:
             cmd += f" --extra-index-url {shlex.quote(s.extra_index_url)}"
+        # pip ignores a plain-http index unless its host is trusted (an air-gapped mirror,
+        # the lab's index); https indexes are verified as usual.
+        for url in (s.pip_index_url, s.extra_index_url):
+            parts = urlsplit(url or "")
+            if parts.scheme == "http" and parts.netloc:
+                cmd += f" --trusted-host {shlex.quote(parts.netloc.rpartition('@')[2])}"
         return cmd + f" {shlex.quote('vllm==' + s.version)}"
 
     def _ensure_version(self, session: Any, installed: str | None) -> OpResult:
@@ -383,6 +385,9 @@ class VllmComponent:
 
     def _not_ready(self, session: Any, cause: str, code: str, curl_rc: str) -> DeployError:
         journal = redact(units.journal_tail(session, UNIT, 60))
+        found = vllm_log.parse_log(journal).errors
+        if found:
+            cause += "; the log shows: " + "; ".join(f"{e.kind}: {e.text[:200]}" for e in found)
         return DeployError(
             what=f"vLLM did not become ready on {self.settings.base_url}",
             cause=cause,
@@ -421,6 +426,7 @@ class VllmComponent:
             "version": _VERSION_CMD,
             "compute_cap": "nvidia-smi --query-gpu=compute_cap --format=csv,noheader",
             "torch_arch": _TORCH_ARCH_CMD,
+            "journal": units.invocation_journal_command(UNIT, JOURNAL_PATTERN),
         }
         if self.api_key:
             probes["unauthorized"] = (f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 "
@@ -439,11 +445,14 @@ class VllmComponent:
                     models: tuple[bool, str, list[str]]) -> list[Check]:
         """Pure: probe outputs (+ the ``models_check`` result) -> checks."""
         s = self.settings
-        checks = units.service_checks(units.parse_show(UNIT, out["service"].output))
+        state = units.parse_show(UNIT, out["service"].output)
+        checks = units.service_checks(state)
+        checks.append(Check(f"unit {UNIT} Restart=on-failure", state.restart == "on-failure",
+                            "on-failure", state.restart or "(unknown)", out["service"].output))
         version = out["version"].output.strip().splitlines()
         got = version[-1] if out["version"].ok and version else "not installed"
-        checks.append(Check("vllm version", got == s.version, s.version, got,
-                            out["version"].output))
+        checks.append(Check(f"venv {VENV} holds vllm {s.version}", got == s.version, s.version,
+                            got, out["version"].output))
         code, _, curl_rc = out["health"].output.strip().partition(" ")
         checks.append(Check(f"GET {s.base_url}/health", code == "200", "HTTP 200",
                             _describe_health(code, curl_rc), out["health"].output))
@@ -454,6 +463,7 @@ class VllmComponent:
             code = out["unauthorized"].output.strip()
             checks.append(Check("vLLM API key enforced on /v1 (no key -> 401)", code == "401",
                                 "HTTP 401", f"HTTP {code}", out["unauthorized"].output))
+        checks.append(gpu_check(out["journal"].output))
         checks.append(self.arch_check(out["compute_cap"], out["torch_arch"]))
         return checks
 
@@ -487,6 +497,7 @@ def component(catalog: Any, vm: Any) -> VllmComponent:
     return VllmComponent.from_catalog(vm)
 
 
+@ladder_step("vllm", "vllm service")
 def verify_checks(host: Any, session: Any, vm: Any) -> list[Check]:
     """Verify-ladder rung (``provisioners.verify.VERIFY_LADDER``): vLLM's checks for ``vm``, or
     ``[]`` when the catalog does not deploy vLLM. ``host`` (testinfra) is unused: one batched
@@ -494,6 +505,24 @@ def verify_checks(host: Any, session: Any, vm: Any) -> list[Check]:
     if getattr(vm.stack, "vllm", None) is None:
         return []
     return VllmComponent.from_catalog(vm).verify(session)
+
+
+def gpu_check(journal: str) -> Check:
+    """Pure: vLLM's engine runs on the GPU in its current run: the log shows the GPU KV cache
+    (``GPU KV cache size: N tokens``, printed after the model loaded on the GPU; corpus
+    vllm_startup_log_v0.10.2_tinyllama.txt) and none of the known failures
+    (:mod:`provisioners.parsers.vllm`: sm_120 / no kernel image, no C compiler, VRAM)."""
+    log = vllm_log.parse_log(journal)
+    name = "vLLM runs on the GPU (journal: GPU KV cache, no CUDA errors)"
+    if log.errors:
+        return Check(name, False, "GPU KV cache and no errors",
+                     "; ".join(f"{e.kind}: {e.text[:160]}" for e in log.errors), journal)
+    if log.kv_cache_tokens is None:
+        return Check(name, False, "GPU KV cache and no errors",
+                     "no 'GPU KV cache size' line in the journal of the current run", journal)
+    gib = f"{log.kv_cache_gib:g} GiB, " if log.kv_cache_gib is not None else ""
+    return Check(name, True, "GPU KV cache and no errors",
+                 f"GPU KV cache {gib}{log.kv_cache_tokens} tokens", journal)
 
 
 def parse_model_ids(body: str) -> list[str]:

@@ -8,7 +8,9 @@ Event kinds (``DmesgEvent.kind``):
 
 ==============================  ==================================================================
 ``module-loaded``               ``NVRM: loading NVIDIA UNIX [Open Kernel Module for ]x86_64 ... 580.105.08``
-                                (``version``; ``open`` True for the open flavour)
+                                (``version``; ``open`` True for the open flavour, whose wording is
+                                ``loading NVIDIA UNIX Open Kernel Module for x86_64  535.113.01  Release
+                                Build`` in public logs)
 ``closed-module-on-open-only``  ``... (PCI ID: 10de:2c58) installed in this system requires use of
                                 the NVIDIA open kernel modules.``
 ``unsupported-by-release``      ``... (PCI ID: 10de:2d04) installed in this system is not supported by
@@ -79,7 +81,8 @@ class DmesgEvent:
 
     Attributes:
         kind: see the module docstring.
-        text: the message, continuation lines joined with a space, timestamp removed.
+        text: the message, continuation lines joined with a space (without their repeated
+            ``NVRM:`` prefix), timestamp removed.
         timestamp: the printed timestamp (``"5.559842"``, ``"Sat Jun 27 19:59:02 2026"``) or None.
         pci_id: ``"10de:2c58"`` when the message names one, else ``None``.
         bus_id: ``"0000:02:00.0"`` when the message names one, else ``None``.
@@ -106,16 +109,21 @@ class DmesgEvent:
 
 def messages(text: str) -> list[tuple[str | None, str]]:
     """Split a kernel log into ``(timestamp, message)`` pairs, joining indented ``NVRM:``
-    continuation lines to the message before them. Prompt (``$ ``) and blank lines are dropped;
+    continuation lines to the message before them (their ``NVRM:`` prefix dropped, so the
+    message reads as one sentence). Prompt (``$ ``) and blank lines are dropped;
     lines without a timestamp are kept as their own message (grep output, modprobe errors)."""
     out: list[tuple[str | None, str]] = []
     for raw in (text or "").splitlines():
         if not raw.strip() or raw.lstrip().startswith("$"):
             continue
         cont = _CONT.match(raw)
+        if not cont and out and out[-1][0] is not None and not _TS.match(raw) \
+                and raw.startswith("NVRM:"):
+            # a multi-line record printed without the usual indent, after a timestamped line
+            cont = _CONT.match(" " + raw)
         if cont and out and not _TS.match(raw):
             ts, prev = out[-1]
-            out[-1] = (ts, f"{prev} NVRM: {cont.group('text').strip()}")
+            out[-1] = (ts, f"{prev} {cont.group('text').strip()}")
             continue
         m = _TS.match(raw)
         if m:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["NvccVersion", "parse_version"]
+__all__ = ["NvccVersion", "parse_version", "parse"]
 
 _RELEASE = re.compile(r"Cuda compilation tools, release (?P<major>\d+)\.(?P<minor>\d+), (?P<build>V[\d.]+)")
 
@@ -40,3 +40,7 @@ def parse_version(text: str) -> NvccVersion | None:
         return None
     major, minor = int(m.group("major")), int(m.group("minor"))
     return NvccVersion(release=f"{major}.{minor}", major=major, minor=minor, build=m.group("build"))
+
+
+#: alias of :func:`parse_version` (the guest CUDA component calls ``nvcc.parse``).
+parse = parse_version

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["NvidiaSmiTable", "parse_query_csv", "parse_table", "parse_xml", "classify_failure",
-           "FAILURE_KINDS"]
+           "FAILURE_KINDS", "failure_line", "nvml_library_version"]
 
 _NA = {"", "N/A", "[N/A]", "[Not Supported]", "Not Supported", "Not Found", "[Unknown Error]"}
 _UNIT_VALUE = re.compile(r"^(?P<num>-?\d+(?:\.\d+)?)\s*(?P<unit>MiB|%|W|C|MHz)$")
@@ -254,6 +254,15 @@ def classify_failure(text: str) -> str | None:
         if pattern.search(text or ""):
             return kind
     return None
+
+
+def failure_line(text: str, kind: str) -> str | None:
+    """The first line of ``text`` that shows failure ``kind`` (see :data:`FAILURE_KINDS`),
+    stripped, or ``None``."""
+    pattern = dict(_FAILURES).get(kind)
+    if pattern is None:
+        return None
+    return next((ln.strip() for ln in (text or "").splitlines() if pattern.search(ln)), None)
 
 
 def nvml_library_version(text: str) -> str | None:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 __all__ = ["VllmError", "VllmLog", "parse_log"]
 
 _VERSION = re.compile(r"vLLM API server version (?P<v>\S+)|Initializing a V1 LLM engine \(v(?P<v2>[^)\s]+)\)")
-_STARTING = re.compile(r"Starting vLLM API server(?: \d+)? on (?P<url>https?://(?P<host>[^\s:/]+|\[[^\]]+\]):(?P<port>\d+))")
+_STARTING = re.compile(r"Starting vLLM API server(?: \d+)? on "
+                       r"(?P<url>https?://(?P<host>[^\s:/]+|\[[^\]]+\]):(?P<port>\d+))")
 _KV_MEM = re.compile(r"Available KV cache memory:\s*(?P<gib>[\d.]+)\s*GiB")
 _KV_TOKENS = re.compile(r"GPU KV cache size:\s*(?P<tokens>[\d,]+)\s*tokens")
 _MODEL_LOAD = re.compile(r"Model loading took (?P<gib>[\d.]+) GiB")

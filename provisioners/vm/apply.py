@@ -88,22 +88,23 @@ def gpu_checks(vm: Any, client: PveClient) -> str:
     """What to check when a VM with the GPU fails to be created or started (for DeployError.remedy)."""
     gpu = vm.gpu
     short = gpu.address.split(":", 1)[1] if gpu.address.count(":") == 2 else gpu.address
-    return "; ".join([
-        f"PCI device {gpu.address} ({gpu.expected.pci_id}, {gpu.expected.name})",
+    items = [
         "IOMMU: VT-d/AMD-Vi on in the firmware, intel_iommu=on on the node's kernel command line "
         "(`dmesg | grep -e DMAR -e IOMMU`, `find /sys/kernel/iommu_groups -type l`)",
-        f"another VM or process using the device ('PCI device ... already in use by VMID', "
+        "another VM or process using the device ('PCI device ... already in use by VMID', "
         f"`grep hostpci /etc/pve/qemu-server/*.conf`; `lspci -nnk -s {short}` should show vfio-pci)",
         f"mapping/privileges: mapping '{gpu.mapping}' must point at {gpu.address} on node {client.node} and the "
         f"token needs Mapping.Use on /mapping/pci/{gpu.mapping}; a raw host= address needs the root@pam password login",
-    ])
+    ]
+    head = f"check, for PCI device {gpu.address} ({gpu.expected.pci_id}, {gpu.expected.name}):"
+    return head + "".join("\n    - " + item for item in items)
 
 
-def _explain(err: DeployError, vm: Any, client: PveClient, what: str) -> DeployError:
-    cause = err.cause or str(err)
-    evidence = dict(err.evidence)
-    return DeployError(what=f"{what}: {err.what}", cause=cause, remedy=gpu_checks(vm, client),
-                       evidence=evidence, command=err.command, exit_code=err.exit_code)
+def _explain(err: DeployError, vm: Any, client: PveClient, what: str, gpu: bool = True) -> DeployError:
+    """``err`` with ``what`` in front; ``gpu``: add what to check about the passthrough."""
+    remedy = "\n  ".join(r for r in (err.remedy, gpu_checks(vm, client) if gpu else "") if r)
+    return DeployError(what=f"{what}: {err.what}", cause=err.cause or str(err), remedy=remedy,
+                       evidence=dict(err.evidence), command=err.command, exit_code=err.exit_code)
 
 
 # -------------------------------------------------------------------------------- rollback
@@ -143,35 +144,51 @@ def rollback(client: PveClient, vmid: int) -> str:
 
 def _create(client: PveClient, catalog: Any, vm: Any, params: dict[str, Any]) -> str:
     """POST the create; returns its UPID. A lost connection is never answered by a blind re-POST:
-    look first (our VM with the marker = it was created; no VM = safe to send once more)."""
+    look first (our VM with the marker = it was created, follow its task; no VM = the request did
+    not arrive, send it once more; a VM without the marker = someone else's, stop)."""
     path = f"/nodes/{client.node}/qemu"
-    try:
-        return str(client.post(path, vmid=vm.vmid, **params))
-    except PveConnectionLost:
-        log.warning("connection lost during the create of VM %s; checking what PVE did", vm.vmid)
-    live = read_live(client, vm.vmid)
-    if live is None:
-        log.warning("VM %s does not exist: the create did not reach PVE; sending it once more", vm.vmid)
-        return str(client.post(path, vmid=vm.vmid, **params))
-    if not has_marker(live.config):
-        raise DeployError(f"VMID {vm.vmid} appeared without our marker while creating it",
-                          cause="another client created a VM with this id at the same time",
-                          remedy="it is left untouched; pick another vmid or remove that VM yourself")
-    tasks = client.get(f"/nodes/{live.node}/tasks", vmid=vm.vmid) or []
-    creates = sorted((t for t in tasks if t.get("type") == "qmcreate" and str(t.get("id")) == str(vm.vmid)),
+    for attempt in (1, 2):
+        try:
+            return str(client.post(path, vmid=vm.vmid, **params))
+        except PveConnectionLost:
+            log.warning("connection lost during the create of VM %s; checking what PVE did", vm.vmid)
+        live = read_live(client, vm.vmid)
+        if live is None:
+            if attempt == 1:
+                log.warning("VM %s does not exist: the create did not reach PVE; sending it once more", vm.vmid)
+                continue
+            raise DeployError(f"the create of VM {vm.vmid} did not reach PVE (connection lost twice)",
+                              remedy="check the network path to the PVE API and run again")
+        if not has_marker(live.config):
+            raise DeployError(f"VMID {vm.vmid} appeared without our marker while creating it",
+                              cause="another client created a VM with this id at the same time",
+                              remedy="it is left untouched; pick another vmid or remove that VM yourself")
+        return _create_task(client, live.node, vm.vmid)
+    raise AssertionError("unreachable")
+
+
+def _create_task(client: PveClient, node: str, vmid: int) -> str:
+    """The UPID of the newest create task of ``vmid`` (``GET /nodes/{node}/tasks?vmid=``)."""
+    tasks = client.get(f"/nodes/{node}/tasks", vmid=vmid) or []
+    creates = sorted((t for t in tasks if t.get("type") == "qmcreate" and str(t.get("id")) == str(vmid)),
                      key=lambda t: -int(t.get("starttime") or 0))
     if not creates:
-        raise DeployError(f"VM {vm.vmid} exists but its create task cannot be found", cause="lost response",
+        raise DeployError(f"VM {vmid} exists but its create task cannot be found", cause="lost response",
                           remedy="look at the Tasks list in the PVE web UI")
-    log.info("VM %s was created by our request (response lost); following task %s", vm.vmid, creates[0]["upid"])
+    log.info("VM %s was created by our request (response lost); following task %s", vmid, creates[0]["upid"])
     return str(creates[0]["upid"])
 
 
 def _create_and_start(client: PveClient, catalog: Any, vm: Any, results: list[OpResult]) -> None:
     params = desired_config(catalog, vm, raw_pci=raw_pci(client))
     start = time.monotonic()
-    upid = _create(client, catalog, vm, params)
-    created = True  # from here on, a failure rolls the VM back
+    try:
+        upid = _create(client, catalog, vm, params)
+    except PveApiError as err:  # PVE refused before creating anything: nothing to roll back
+        explained = _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be created")
+        explained.cause += f"\n  nothing was created (VMID {vm.vmid} is still free)"
+        raise explained from None
+    # From here on the VM exists because of this run: any failure rolls it back.
     try:
         client.wait_task(upid, CREATE_TIMEOUT_S, f"create of VM {vm.vmid}", command=f"POST /nodes/{client.node}/qemu")
         results.append(OpResult(f"VM {vm.vmid} create", "changed", f"{vm.name} created", time.monotonic() - start))
@@ -179,9 +196,7 @@ def _create_and_start(client: PveClient, catalog: Any, vm: Any, results: list[Op
         px = catalog.proxmox
         results.append(_timed(f"VM {vm.vmid} start", lambda: (start_vm(client, vm.vmid, float(px.start_timeout_s),
                                                                         node=client.node), "started")[1]))
-    except (DeployError, Exception) as err:  # noqa: BLE001 - whatever broke, undo what we made
-        if not created:
-            raise
+    except Exception as err:  # noqa: BLE001 - whatever broke, undo what this run made
         outcome = rollback(client, vm.vmid)
         if not isinstance(err, DeployError):
             err = DeployError(f"unexpected error: {type(err).__name__}", cause=redact(str(err)))
@@ -193,7 +208,8 @@ def _create_and_start(client: PveClient, catalog: Any, vm: Any, results: list[Op
 
 def _resize(client: PveClient, vm: Any) -> str:
     path = vm_path(client.node, vm.vmid) + "/resize"
-    client.run_task("PUT", path, RESIZE_TIMEOUT_S, f"resize of VM {vm.vmid} scsi0", disk="scsi0",
+    # An absolute size: the same request twice resizes once, so it may be repeated after a lost connection.
+    client.run_task("PUT", path, RESIZE_TIMEOUT_S, f"resize of VM {vm.vmid} scsi0", idempotent=True, disk="scsi0",
                     size=f"{int(vm.disk.size_gib)}G")
     return f"scsi0 resized to {vm.disk.size_gib} GiB"
 
@@ -217,7 +233,7 @@ def _converge(client: PveClient, catalog: Any, vm: Any, live: LiveVm, changes: l
             and not (c.action == "needs-restart" and c.reason.startswith("pending"))]
     if keys:
         start = time.monotonic()
-        client.put(path + "/config", **{c.field: _update_value(c.field, desired, live) for c in keys})
+        client.put(path + "/config", idempotent=True, **{c.field: _update_value(c.field, desired, live) for c in keys})
         for c in keys:
             reason = f"{c.current!r} -> {c.desired!r}"
             if c.action == "needs-restart":
@@ -268,4 +284,5 @@ def apply_vm(client: PveClient, catalog: Any, vm: Any) -> list[OpResult]:
     try:
         return _converge(client, catalog, vm, live, changes)
     except (PveTaskFailed, PveTaskTimeout, PveApiError) as err:
-        raise _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be updated") from None
+        raise _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be updated",
+                       gpu="start" in err.what) from None

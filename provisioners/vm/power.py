@@ -11,8 +11,11 @@ from typing import Any
 from provisioners.proxmox import PveClient
 from provisioners.vm.live import find_vm_node, vm_path
 
-#: Seconds PVE's task may need beyond the ``timeout`` it was given (task start-up, cleanup).
-TASK_MARGIN_S = 30
+def task_margin(timeout_s: float) -> float:
+    """Seconds a PVE task may need beyond the ``timeout`` it was given (task start-up, cleanup):
+    10 % of it, between 1 and 30 s."""
+    return min(30.0, max(1.0, 0.1 * timeout_s))
+
 STOP_TIMEOUT_S = 120
 
 
@@ -31,18 +34,22 @@ def vm_status(client: PveClient, vm: Any) -> dict[str, Any]:
 
 def start_vm(client: PveClient, vmid: int, timeout_s: float, node: str | None = None) -> dict[str, Any]:
     """Start VMID and wait (``timeout_s`` seconds, passed to PVE as ``timeout`` too)."""
-    path = vm_path(node or _node(client, vmid), vmid) + "/status/start"
-    return client.run_task("POST", path, timeout_s + TASK_MARGIN_S, f"start of VM {vmid}", timeout=int(timeout_s))
+    node = node or _node(client, vmid)
+    path = vm_path(node, vmid) + "/status/start"
+    # A second start of a VM that is starting fails ("already running"): never sent blindly.
+    upid = client.submit_task("POST", path, node=node, vmid=vmid, task_type="qmstart", timeout=int(timeout_s))
+    return client.wait_task(upid, timeout_s + task_margin(timeout_s), f"start of VM {vmid}", command=f"POST {path}")
 
 
 def stop_vm(client: PveClient, vmid: int, timeout_s: float = STOP_TIMEOUT_S, node: str | None = None) -> dict[str, Any]:
     """Hard-stop VMID (``status/stop``) and wait up to ``timeout_s`` seconds."""
     path = vm_path(node or _node(client, vmid), vmid) + "/status/stop"
-    return client.run_task("POST", path, timeout_s + TASK_MARGIN_S, f"stop of VM {vmid}", timeout=int(timeout_s))
+    return client.run_task("POST", path, timeout_s + task_margin(timeout_s), f"stop of VM {vmid}",
+                           idempotent=True, timeout=int(timeout_s))
 
 
 def reboot_vm(client: PveClient, vm: Any, timeout_s: float) -> dict[str, Any]:
     """Reboot catalog VM ``vm`` through PVE (ACPI, ``status/reboot``; pending config is applied)
     and wait up to ``timeout_s`` seconds for the task. Raises DeployError (task failed/timed out)."""
     path = vm_path(_node(client, vm.vmid), vm.vmid) + "/status/reboot"
-    return client.run_task("POST", path, timeout_s + TASK_MARGIN_S, f"reboot of VM {vm.vmid}", timeout=int(timeout_s))
+    return client.run_task("POST", path, timeout_s + task_margin(timeout_s), f"reboot of VM {vm.vmid}", timeout=int(timeout_s))

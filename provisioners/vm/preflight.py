@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from provisioners.proxmox import PveApiError, PveClient
-from provisioners.vm.desired import GiB, has_marker, image_volid, props
+from provisioners.vm.desired import GiB, has_marker, image_volid, props, size_bytes
 from provisioners.vm.live import read_live
 
 Severity = Literal["error", "warning", "info"]
@@ -60,8 +60,9 @@ def check_gpu(client: PveClient, vm: Any) -> list[Finding]:
     """The GPU at ``gpu.address`` with ``gpu.expected.pci_id``, its IOMMU group and group mates."""
     gpu = vm.gpu
     want_vendor, _, want_device = str(gpu.expected.pci_id).lower().partition(":")
-    # An empty blacklist: bridges share IOMMU groups with GPUs and must be reported too.
-    devices = client.get(f"/nodes/{client.node}/hardware/pci", **{"pci-class-blacklist": ""}) or []
+    # PVE's default class blacklist (05;06;0b) hides bridges: a root port sharing the group does
+    # not go to the VM, so only endpoint devices are reported as group mates.
+    devices = client.get(f"/nodes/{client.node}/hardware/pci") or []
     here = _functions(devices, gpu.address)
     match = [d for d in here if _hex(d.get("vendor")) == want_vendor and _hex(d.get("device")) == want_device]
     if not match:
@@ -124,6 +125,11 @@ def check_mapping(client: PveClient, vm: Any) -> list[Finding]:
         return [Finding("error", f"PCI mapping '{gpu.mapping}' points at {', '.join(paths)} on {client.node}, "
                                  f"not at {gpu.address}",
                         "fix the mapping or gpu.address so they name the same device")]
+    ids = {e.get("id", "").lower() for e in ours if e.get("id")}
+    if ids and str(gpu.expected.pci_id).lower() not in ids:
+        return [Finding("error", f"PCI mapping '{gpu.mapping}' expects device {', '.join(sorted(ids))}, the catalog "
+                                 f"expects {gpu.expected.pci_id}",
+                        "fix the mapping (Datacenter > Resource Mappings) or gpu.expected.pci_id")]
     out = [Finding("info", f"PCI mapping '{gpu.mapping}' -> {', '.join(paths)} on {client.node}")]
     if not client.has_privilege(f"/mapping/pci/{gpu.mapping}", "Mapping.Use"):
         out.append(Finding("error", f"{client.credentials.principal} lacks Mapping.Use on /mapping/pci/{gpu.mapping}",
@@ -182,8 +188,9 @@ def check_vmid(client: PveClient, vm: Any) -> tuple[list[Finding], Any]:
     if live is None:
         return [Finding("info", f"VMID {vm.vmid} is free")], None
     if not has_marker(live.config):
+        what = "a container" if live.kind == "lxc" else "a VM this tool did not create (no managed marker)"
         return [Finding("error", f"conflict: VMID {vm.vmid} is used by '{live.config.get('name', '?')}' on node "
-                                 f"{live.node}, a VM this tool did not create (no managed marker); it is left untouched",
+                                 f"{live.node}, {what}; it is left untouched",
                         "choose a free vmid in the catalog, or remove/renumber that VM yourself")], live
     return [Finding("info", f"VMID {vm.vmid} is our VM ({live.status})")], live
 
@@ -208,6 +215,11 @@ def preflight(client: PveClient, catalog: Any, vm: Any) -> list[Finding]:
             findings += check_storage(client, vm.efidisk_storage, 4 * MiB, "images", "EFI disk")
         findings += check_memory(client, vm)
         findings += check_image(client, catalog, vm)
-    elif not live.running:
-        findings += check_memory(client, vm)
+    elif live.kind == "qemu" and has_marker(live.config):
+        have = size_bytes(props(live.config.get("scsi0"))[1].get("size"))
+        grow = int(vm.disk.size_gib) * GiB - have
+        if have and grow > 0:
+            findings += check_storage(client, vm.disk.storage, grow, "images", f"growing the disk by {grow / GiB:g} GiB")
+        if not live.running:
+            findings += check_memory(client, vm)
     return findings

@@ -236,3 +236,99 @@ def test_options_merge_devices_and_list_providers():
 
 def test_probe_names_are_words():
     assert all(re.fullmatch(r"\w+", k) for k in drv.PROBES)
+
+
+def test_plan_without_ubuntu_drivers_installs_the_tool_first():
+    comp = DriverComponent(VM)
+    facts = facts_from_outputs(fresh_outputs(
+        has_ubuntu_drivers=(1, ""), devices=(127, ""),
+        candidates=(0, "nvidia-driver-570\nnvidia-driver-570-open\n")), "10de:2d04")
+    assert facts.values["options_source"] == "apt-cache"
+    tool, pkg = comp.plan(facts)
+    assert (tool.field, tool.desired) == ("ubuntu-drivers", "ubuntu-drivers-common")
+    assert (pkg.action, pkg.desired) == ("create", "nvidia-driver-570-open")
+
+
+# apt/DKMS failure text: the lines "Error! Bad return status for module build on kernel" and
+# "Consult .../make.log for more information." are from real transcripts (see
+# lab/artefacts/debs.py for the sources); the make.log body is SYNTHESISED (as the lab's is).
+APT_FAIL = """Setting up nvidia-dkms-570-open (570.195.03-0ubuntu0.1) ...
+Building initial module for 6.8.0-50-generic
+Error! Bad return status for module build on kernel: 6.8.0-50-generic (x86_64)
+Consult /var/lib/dkms/nvidia/570.195.03/build/make.log for more information.
+dpkg: error processing package nvidia-dkms-570-open (--configure):
+ installed nvidia-dkms-570-open package post-installation script subprocess returned error exit status 10
+E: Sub-process /usr/bin/dpkg returned an error code (1)
+"""
+LOGS = """@@ apt term.log
+Log started: 2026-11-29  17:20:01
+@@ dkms make.log
+(/var/lib/dkms/nvidia/570.195.03/build/make.log)
+nv.c:42:10: fatal error: lab-fault-injection.h: No such file or directory
+make: *** [Makefile:82: modules] Error 2
+@@ kernel log
+@@ modprobe nvidia
+@@ mokutil
+@@ dpkg audit
+ nvidia-dkms-570-open NVIDIA DKMS package
+"""
+
+
+class Scripted:
+    """A stand-in session: answers by the first matching substring; records commands."""
+
+    host, user = "vm", "ubuntu"
+
+    def __init__(self, rules):
+        self.rules, self.commands = rules, []
+
+    def run(self, cmd, **kw):
+        self.commands.append(cmd)
+        for needle, answer in self.rules:
+            if needle in cmd:
+                if isinstance(answer, Exception):
+                    raise answer
+                code, out = answer
+                return SimpleNamespace(exit_code=code, stdout=out, stderr="")
+        return SimpleNamespace(exit_code=0, stdout="", stderr="")
+
+    def log(self, line):
+        pass
+
+
+def test_install_failure_shows_command_exit_code_log_and_remedy():
+    from provisioners.remote import CommandResult, RemoteCommandError
+    comp = DriverComponent(VM, diagnose=lambda caps: SimpleNamespace(findings=["dkms-build"]))
+    facts = facts_from_outputs(fresh_outputs(), "10de:2d04")
+    changes = comp.plan(facts)
+    cmd = "apt-get ... install -y nvidia-driver-570-open"
+    fail = RemoteCommandError("vm", CommandResult(cmd, 100, APT_FAIL, "", 12.0))
+    s = Scripted([("install -y nvidia-driver", fail), ("@@ apt term.log", (0, LOGS))])
+    with pytest.raises(DeployError) as ei:
+        comp.apply(s, facts, changes)
+    err = ei.value
+    assert err.exit_code == 100 and "nvidia-driver-570-open" in err.command
+    assert "lab-fault-injection.h" in err.cause and "dkms-build" in err.cause
+    assert "VM stays up" in err.remedy and "re-run" in err.remedy
+    assert "Error! Bad return status" in err.evidence["apt output"]
+    assert any("update" in c for c in s.commands)  # fresh lists before installing
+
+
+def test_secure_boot_rejection_gets_its_own_diagnosis(monkeypatch):
+    comp = DriverComponent(VM, diagnose=lambda caps: None, reboot=lambda s: None)
+    ok_install = fresh_outputs(
+        installed=(0, "ii  nvidia-driver-570-open 570.195.03-0ubuntu1\n"),
+        license=(0, "Dual MIT/GPL"), smi=(9, "NVIDIA-SMI has failed because it couldn't "
+                                             "communicate with the NVIDIA driver."))
+    monkeypatch.setattr(DriverComponent, "facts",
+                        lambda self, session: facts_from_outputs(ok_install, "10de:2d04"))
+    kernel = ("@@ kernel log\n[    4.1] systemd-modules-load[312]: Failed to insert module "
+              "'nvidia': Key was rejected by service\n@@ mokutil\nSecureBoot enabled\n")
+    s = Scripted([("@@ apt term.log", (0, kernel))])
+    s.boot_id = lambda: "b1"
+    s.wait_for_reboot = lambda before, timeout_s: "b2"
+    facts = facts_from_outputs(fresh_outputs(), "10de:2d04")
+    with pytest.raises(DeployError) as ei:
+        comp.apply(s, facts, comp.plan(facts))
+    assert ei.value.what == "Secure Boot rejected the NVIDIA kernel module"
+    assert "mokutil --import" in ei.value.remedy and "pre-enrolled-keys=0" in ei.value.remedy

@@ -44,13 +44,18 @@ def test_mapping_is_stateful(pve_token):
     entry = f"node={NODE},path=0000:01:00,id=10de:2d04,iommugroup=14"
     assert pve_token.get("/cluster/mapping/pci") == []
     pve_token.post("/cluster/mapping/pci", id="gpu", map=[entry], description="RTX")
-    assert pve_token.get("/cluster/mapping/pci") == [{"id": "gpu", "map": [entry], "description": "RTX"}]
+    (listed,) = pve_token.get("/cluster/mapping/pci")
+    assert (listed["id"], listed["map"], listed["description"]) == ("gpu", [entry], "RTX")
     with pytest.raises(PveApiError, match="pci ID 'gpu' already defined"):
         pve_token.post("/cluster/mapping/pci", id="gpu", map=[entry])
     pve_token.put("/cluster/mapping/pci/gpu", description="changed")
     assert pve_token.get("/cluster/mapping/pci/gpu")["description"] == "changed"
+    with pytest.raises(PveApiError, match="pci ID 'nope' does not exist"):
+        pve_token.put("/cluster/mapping/pci/nope", description="x")
+    (checked,) = pve_token.get("/cluster/mapping/pci", **{"check-node": NODE})
+    assert checked["checks"] == []
     pve_token.delete("/cluster/mapping/pci/gpu")
-    with pytest.raises(PveApiError, match="no such pci ID 'gpu'"):
+    with pytest.raises(PveApiError, match="mapping 'gpu' not found"):
         pve_token.get("/cluster/mapping/pci/gpu")
 
 

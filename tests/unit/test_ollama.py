@@ -13,6 +13,8 @@ from provisioners.guest.units import ProbeOutput
 from tests.fixtures.corpus.samples import sample
 from tests.unit.test_units import SHOW_ABSENT, SHOW_ACTIVE, FakeSession, load_vm
 
+# dpkg-query line captured on the build host (Debian 12), same format string as the probe.
+CURL_II = "ii  curl 7.88.1-10+deb12u14"
 TARBALL_SHA = hashlib.sha256(b"pretend tarball").hexdigest()
 
 VERSION_SAMPLES = sample("ollama_cli_version_list_ps_outputs.txt", "a")
@@ -47,7 +49,7 @@ def component(vm=None) -> ollama.OllamaComponent:
 
 
 def fresh_probes():
-    return {"nvidia_smi": (0, SMI_L), "curl": (0, "ii "), "user": (2, ""),
+    return {"nvidia_smi": (0, SMI_L), "curl": (0, CURL_II), "user": (2, ""),
             "groups": (1, "id: 'ollama': no such user"), "gpu_groups": (0, "render\nvideo"),
             "version": (127, "bash: line 1: /usr/local/bin/ollama: No such file or directory"),
             "unit": (1, "sha256sum: x: No such file or directory"),
@@ -56,7 +58,7 @@ def fresh_probes():
 
 
 def converged_probes(comp):
-    return {"nvidia_smi": (0, SMI_L), "curl": (0, "ii "),
+    return {"nvidia_smi": (0, SMI_L), "curl": (0, CURL_II),
             "user": (0, "ollama:x:997:997::/usr/share/ollama:/bin/false"),
             "groups": (0, "ollama render video"), "gpu_groups": (0, "render\nvideo"),
             "version": (0, VERSION_UP),
@@ -284,7 +286,7 @@ def outputs(**overrides):
 def test_verify_all_green_on_real_outputs():
     checks = component().checks_from(outputs())
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
-    assert [c.name for c in checks][:2] == ["ollama.service active", "ollama.service enabled"]
+    assert [c.name for c in checks][:2] == ["unit ollama.service active", "unit ollama.service enabled"]
 
 
 @pytest.mark.parametrize("override,failing", [
@@ -307,3 +309,90 @@ def test_verify_checks_rung_is_one_round_trip():
     checks = ollama.verify_checks(None, session, vm)
     assert checks and all(c.passed for c in checks)
     assert len(session.commands) == 1 and all(c["sudo"] for c in session.commands)
+
+
+def test_rungs_are_on_the_verify_ladder_and_run_through_run_ladder():
+    from provisioners import verify
+
+    verify.load_extensions()
+    groups = {(s.group, s.name) for s in verify.VERIFY_LADDER}
+    assert ("ollama", "ollama service") in groups and ("vllm", "vllm service") in groups
+    session = FakeSession({k: (v.exit_code, v.output) for k, v in outputs().items()})
+    checks = verify.run_ladder(session, None, vm_with(), "ollama", host=object())
+    assert [c.name for c in checks][:2] == ["unit ollama.service active", "unit ollama.service enabled"]
+    assert all(c.passed for c in checks), verify.summary(checks)
+
+
+# --- the download/install shell, run for real against a loopback HTTP server ------------------------
+
+@pytest.fixture
+def tarball_server(tmp_path):
+    """(base url, request counter) of a 127.0.0.1 server holding a real Ollama-layout tarball."""
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data, mode in (("bin/ollama", b"#!/bin/sh\necho 'ollama version is 0.12.9'\n",
+                                  0o755), ("lib/ollama/libggml-base.so", b"\x7fELF", 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    blob = buf.getvalue()
+    hits = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits["n"] += 1
+            if self.path != "/ollama-linux-amd64.tgz":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", hits, hashlib.sha256(blob).hexdigest()
+    httpd.shutdown()
+
+
+def local_bash(cmd: str):
+    import subprocess
+
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+def test_download_install_shell_for_real(tmp_path, monkeypatch, tarball_server):
+    base, hits, sha = tarball_server
+    monkeypatch.setattr(ollama, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ollama, "PREFIX", str(tmp_path / "usr"))
+    monkeypatch.setattr(ollama, "BINARY", str(tmp_path / "usr/bin/ollama"))
+    (tmp_path / "usr/lib/ollama").mkdir(parents=True)
+    (tmp_path / "usr/lib/ollama/stale-from-old-version.so").write_text("old")
+
+    missing = component(vm_with(url=base + "/nope.tgz", sha256=sha))
+    proc = local_bash(missing.download_command())
+    assert proc.returncode != 0 and "404" in proc.stderr  # a failed download fails
+
+    comp = component(vm_with(url=base + "/ollama-linux-amd64.tgz", sha256=sha))
+    proc = local_bash(comp.download_command())
+    assert proc.returncode == 0 and proc.stdout.strip() == sha
+    n = hits["n"]
+    assert local_bash(comp.download_command()).stdout.strip() == sha
+    assert hits["n"] == n  # cached with the right hash: not fetched again
+
+    proc = local_bash(comp.install_command())
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "usr/bin/ollama").stat().st_mode & 0o111
+    assert (tmp_path / "usr/lib/ollama/libggml-base.so").exists()
+    assert not (tmp_path / "usr/lib/ollama/stale-from-old-version.so").exists()
+    assert not (tmp_path / "cache/ollama-stage").exists()
+    assert not list((tmp_path / "cache").iterdir())  # tarball removed after install

@@ -67,3 +67,11 @@ def test_secure_boot_fell_off_bus_ltr_and_journal_prefix():
 
 def test_unrelated_lines_ignored():
     assert dmesg.parse("[    0.000000] Linux version 6.8.0-45-generic\n\n$ sudo dmesg\n") == []
+
+
+def test_unindented_continuation_after_timestamped_line():
+    # the corpus record, with its continuation line's indent lost (as some log viewers print it)
+    log = ("[    5.559842] NVRM: The NVIDIA GPU 0000:02:00.0 (PCI ID: 10de:2c58)\n"
+           "NVRM: installed in this system requires use of the NVIDIA open kernel modules.\n")
+    [ev] = dmesg.parse(log)
+    assert (ev.kind, ev.pci_id) == ("closed-module-on-open-only", "10de:2c58")

@@ -74,3 +74,37 @@ def test_classify_failure(label, kind):
 def test_classify_healthy_is_none_and_nvml_version():
     assert smi.classify_failure(text("nvidia-smi_rtx5060ti_595.71.05_full_table.txt")) is None
     assert smi.nvml_library_version(sample("nvidia-smi_failure_messages.txt", "4")) == "610.43"
+
+
+def test_failure_line_picks_the_matching_line():
+    both = sample("nvidia-smi_failure_messages.txt", "1") + sample("nvidia-smi_failure_messages.txt", "4")
+    assert smi.classify_failure(both) == "driver-library-mismatch"
+    assert smi.failure_line(both, "driver-library-mismatch") == "Failed to initialize NVML: Driver/library version mismatch"
+    assert smi.failure_line(both, "fell-off-bus") is None
+
+
+# Older (<= 535) table layout: real output quoted in a public GitHub markdown file (T4 driver
+# install notes, search index file id 4577082300), not in the shared corpus.
+OLD_T4_TABLE = """\
+Fri Feb 17 20:21:13 2023
++-----------------------------------------------------------------------------+
+| NVIDIA-SMI 515.86.01    Driver Version: 515.86.01    CUDA Version: 11.7     |
+|-------------------------------+----------------------+----------------------+
+| GPU  Name        Persistence-M| Bus-Id        Disp.A | Volatile Uncorr. ECC |
+| Fan  Temp  Perf  Pwr:Usage/Cap|         Memory-Usage | GPU-Util  Compute M. |
+|                               |                      |               MIG M. |
+|===============================+======================+======================|
+|   0  Tesla T4            Off  | 00000000:00:04.0 Off |                    0 |
+| N/A   38C    P0    28W /  70W |      2MiB / 15360MiB |      4%      Default |
+|                               |                      |                  N/A |
++-------------------------------+----------------------+----------------------+
+"""
+
+
+def test_table_older_layout_t4():
+    t = smi.parse_table(OLD_T4_TABLE)
+    assert (t.driver_version, t.cuda_version) == ("515.86.01", "11.7")
+    [gpu] = t.gpus
+    assert (gpu["name"], gpu["bus_id"], gpu["ecc"]) == ("Tesla T4", "00000000:00:04.0", "0")
+    assert (gpu["memory_used_mib"], gpu["memory_total_mib"], gpu["fan_percent"], gpu["util_percent"]) == \
+        (2, 15360, None, 4)

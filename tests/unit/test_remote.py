@@ -304,3 +304,13 @@ def test_missing_key_file_is_a_deploy_error(sshd, store, tmp_path):
     with pytest.raises(DeployError) as ei:
         s.connect(wait_s=1)
     assert "not found" in str(ei.value)
+
+
+def test_vm_generation_from_pve_config():
+    from provisioners.remote import vm_generation
+    # config shapes as PVE (and fakepve) write them on create
+    assert vm_generation({"meta": "creation-qemu=9.0.2,ctime=1732890000",
+                          "vmgenid": "3f1a0b5e-1111-4c1e-9d2a-9a3b6b7c8d9e"}) == "ctime=1732890000"
+    assert vm_generation({"vmgenid": "3f1a0b5e-1111-4c1e-9d2a-9a3b6b7c8d9e"}) == \
+        "vmgenid=3f1a0b5e-1111-4c1e-9d2a-9a3b6b7c8d9e"
+    assert vm_generation({"vmgenid": "1"}) is None and vm_generation(None) is None

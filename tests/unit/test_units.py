@@ -151,6 +151,7 @@ MainPID=4242
 ActiveEnterTimestamp=Sun 2026-11-29 17:10:01 UTC
 NRestarts=1
 InvocationID=0f1e2d3c4b5a69788796a5b4c3d2e1f0
+Restart=on-failure
 """
 SHOW_ABSENT = """LoadState=not-found
 ActiveState=inactive
@@ -160,6 +161,7 @@ MainPID=0
 ActiveEnterTimestamp=
 NRestarts=0
 InvocationID=
+Restart=no
 """
 
 

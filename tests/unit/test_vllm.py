@@ -18,12 +18,15 @@ API_KEY = "sk-test-0123456789abcdef"
 HF_TOKEN = "hf_TESTtokenABCDEFGHIJKLMNOP"
 
 # Captured on the build host (Debian 12) with exactly the probe commands vllm.py runs.
-DPKG_ALL = "build-essential ii \ncurl ii \npython3-dev ii \npython3-venv ii "
+DPKG_ALL = ("ii  build-essential 12.9\nii  curl 7.88.1-10+deb12u14\n"
+            "ii  python3-dev 3.11.2-1+b1\nii  python3-venv 3.11.2-1+b1")
 DPKG_NONE = ("dpkg-query: no packages found matching build-essential\n"
              "dpkg-query: no packages found matching python3-dev\n"
-             "dpkg-query: no packages found matching python3-venv\ncurl ii ")
+             "dpkg-query: no packages found matching python3-venv\n"
+             "ii  curl 7.88.1-10+deb12u14")
 NO_VLLM = ("Traceback (most recent call last):\n  ...\nimportlib.metadata.PackageNotFoundError: "
            "No package metadata was found for vllm")
+STARTUP_LOG = sample("vllm_startup_log_v0.10.2_tinyllama.txt")  # real v0.10.2 start on a GPU
 NO_TORCH = ("Traceback (most recent call last):\n  File \"<string>\", line 1, in <module>\n"
             "ModuleNotFoundError: No module named 'torch'")
 
@@ -304,7 +307,8 @@ def test_parse_model_ids_on_real_responses():
 
 def verify_outputs(**overrides) -> dict:
     out = {"service": (0, SHOW_ACTIVE), "health": (0, "200 0"), "version": (0, "0.10.2"),
-           "compute_cap": (0, "12.0"), "torch_arch": (1, NO_TORCH), "unauthorized": (0, "401")}
+           "compute_cap": (0, "12.0"), "torch_arch": (1, NO_TORCH), "unauthorized": (0, "401"),
+           "journal": (0, STARTUP_LOG)}
     out.update(overrides)
     return {k: ProbeOutput(*v) for k, v in out.items()}
 
@@ -315,9 +319,12 @@ def test_verify_all_green_and_torch_skipped_honestly():
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     [arch] = [c for c in checks if "sm_120" in c.name]
     assert arch.actual == "skipped: torch not installed"
-    assert {c.name for c in checks} >= {"vllm.service active", "vllm.service enabled",
-                                        "vllm version",
+    assert {c.name for c in checks} >= {"unit vllm.service active", "unit vllm.service enabled",
+                                        "unit vllm.service Restart=on-failure",
+                                        "venv /opt/vllm holds vllm 0.10.2",
                                         "vLLM API key enforced on /v1 (no key -> 401)"}
+    [gpu] = [c for c in checks if c.name.startswith("vLLM runs on the GPU")]
+    assert gpu.actual == "GPU KV cache 101.47 GiB, 4836272 tokens"
 
 
 def test_verify_fails_on_a_torch_without_sm_120():
@@ -336,10 +343,12 @@ def test_verify_reports_each_failure():
     comp = component()
     checks = comp.checks_from(
         verify_outputs(service=(0, SHOW_ABSENT), health=(0, "000 7"), version=(1, NO_VLLM),
-                       unauthorized=(0, "200")),
+                       unauthorized=(0, "200"), journal=(0, "")),
         (False, "HTTP 000", []))
     failed = {c.name for c in checks if not c.passed}
-    assert failed == {"vllm.service active", "vllm.service enabled", "vllm version",
+    assert failed == {"unit vllm.service active", "unit vllm.service enabled",
+                      "unit vllm.service Restart=on-failure", "venv /opt/vllm holds vllm 0.10.2",
+                      "vLLM runs on the GPU (journal: GPU KV cache, no CUDA errors)",
                       "GET http://192.168.0.140:8000/health",
                       "GET http://192.168.0.140:8000/v1/models lists the model",
                       "vLLM API key enforced on /v1 (no key -> 401)"}
@@ -388,3 +397,107 @@ def test_secrets_come_from_provisioners_secrets_and_a_broken_file_is_not_ignored
     monkeypatch.delenv("VLLM_API_KEY")
     with pytest.raises(DeployError):
         vllm.VllmComponent.from_catalog(load_vm())
+
+
+def test_pip_command_trusts_only_plain_http_indexes():
+    https = component().pip_command()
+    assert "--trusted-host" not in https
+    lab = component(load_vm("lab/lab-catalog.yml")).pip_command()
+    assert lab.endswith("--index-url http://10.0.2.2:17080/simple --trusted-host 10.0.2.2:17080 "
+                        "vllm==0.10.2")
+
+
+# --- the readiness/model shell, run for real against a loopback server ------------------------------
+
+class LocalSession:
+    """Runs commands with the local bash (no sudo): only for loopback-only commands."""
+
+    host, user = "local", "root"
+
+    def __init__(self):
+        self.commands = []
+
+    def run(self, cmd, *, sudo=False, timeout_s=600, check=True, stream=False, env=None,
+            input=None, idempotent=True):
+        import subprocess
+        import time as _t
+
+        from provisioners.remote import CommandResult
+
+        self.commands.append(cmd)
+        start = _t.monotonic()
+        p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, input=input,
+                           timeout=timeout_s)
+        return CommandResult(cmd, p.returncode, p.stdout, p.stderr, _t.monotonic() - start)
+
+
+@pytest.fixture
+def fake_vllm_http():
+    """A 127.0.0.1 server with vLLM's /health and key-guarded /v1/models behaviour (corpus
+    vllm_api_key_and_health_behaviour.txt)."""
+    import http.server
+    import threading
+
+    body = sample("vllm_v1_models_and_health_responses.txt", "b").splitlines()[1].replace(
+        "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct").encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                data, code = b'{"error":"Unauthorized"}', 401
+            else:
+                data, code = body, 200
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_port
+    httpd.shutdown()
+
+
+def loopback(comp, port):
+    import dataclasses
+
+    comp.settings = dataclasses.replace(comp.settings, host="127.0.0.1", port=port)
+    return comp
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+def test_health_and_models_shell_for_real(fake_vllm_http):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: "connection refused" while loading
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    session = LocalSession()
+    refused = loopback(component(), closed).health_probes()["health"]
+    assert session.run(refused).stdout.strip() == "000 7"
+    up = loopback(component(), fake_vllm_http)
+    assert session.run(up.health_probes()["health"]).stdout.strip() == "200 0"
+
+    ok, detail, ids = up.models_check(session)
+    assert ok and ids == ["Qwen/Qwen2.5-1.5B-Instruct"], detail
+    assert API_KEY not in " ".join(session.commands)
+    wrong = loopback(component(api_key="sk-wrong-key-000000"), fake_vllm_http)
+    ok, detail, ids = wrong.models_check(session)
+    assert not ok and "HTTP 401" in detail and ids == []
+
+
+@pytest.mark.parametrize("corpus,label,kind", [
+    ("vllm_blackwell_sm120_errors.txt", "b", "torch-lacks-gpu-arch"),
+    ("vllm_triton_no_c_compiler.txt", "all", "triton-no-c-compiler"),
+])
+def test_gpu_check_fails_on_real_engine_errors(corpus, label, kind):
+    check = vllm.gpu_check(STARTUP_LOG + sample(corpus, label))
+    assert not check.passed and kind in check.actual

@@ -177,3 +177,75 @@ def test_destroy_needs_confirmation_and_removes_our_vm(pve_token, lab_catalog, g
     assert gpupve.vm(140) is None
     assert not [v for v in gpupve.storages["local-lvm"].get("volumes", {}).values() if v.get("vmid") == 140]
     assert destroy_vm(pve_token, lab_catalog, _vm(lab_catalog), confirm=True).status == "ok"
+
+
+def test_least_privilege_token_without_mapping_rights(pve_token, lab_catalog, gpupve, lab_image):
+    from tests.conftest import TOKEN_ID
+    gpupve.grant(TOKEN_ID, "/", "Sys.Audit", "Datastore.Audit", "VM.Audit")
+    errors = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "error"]
+    assert [f.message for f in errors] == [
+        "PCI mapping 'rtx5060ti' does not exist and deployer@pve!ci may not create it (Mapping.Modify)"]
+    gpupve.add_pci_mapping("rtx5060ti")
+    gpupve.grant(TOKEN_ID, "/mapping/pci/rtx5060ti", "Mapping.Audit")
+    errors = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "error"]
+    assert [f.message for f in errors] == ["deployer@pve!ci lacks Mapping.Use on /mapping/pci/rtx5060ti"]
+    assert "PVEMappingUser" in errors[0].remedy
+
+
+def test_failure_after_create_rolls_back_only_that_vm(pve_token, lab_catalog, gpupve, lab_image):
+    bystander = gpupve.add_vm(141, "bystander", node=NODE, status="running", config={"hostpci1": "host=0000:02:00.0"})
+    gpupve.fail("PUT", f"/nodes/{NODE}/qemu/140/resize", 500, "resize boom")
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert "resize boom" in str(err.value) and "destroyed" in str(err.value)
+    assert gpupve.vm(140) is None
+    assert gpupve.vm(141) is bystander and bystander.status == "running"
+    assert [p for m, p in writes(gpupve) if m == "DELETE"] == [f"/api2/json/nodes/{NODE}/qemu/140"]
+
+
+def test_reboot_and_status_for_the_guest_stack(pve_token, lab_catalog, gpupve, lab_image):
+    from provisioners.vm import reboot_vm, vm_status
+    assert vm_status(pve_token, _vm(lab_catalog)) == {"status": "absent"}
+    apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert vm_status(pve_token, _vm(lab_catalog))["status"] == "running"
+    reboot_vm(pve_token, _vm(lab_catalog), timeout_s=60)
+    assert [t["exitstatus"] for t in gpupve.tasklog if t["type"] == "qmreboot"] == ["OK"]
+    assert vm_status(pve_token, _vm(lab_catalog))["status"] == "running"
+
+
+def test_mapping_for_another_device_is_a_preflight_error(pve_token, lab_catalog, gpupve, lab_image):
+    gpupve.add_pci_mapping("rtx5060ti", pci_id="10de:2684")
+    errors = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "error"]
+    assert [f.message for f in errors] == [
+        "PCI mapping 'rtx5060ti' expects device 10de:2684, the catalog expects 10de:2d04"]
+
+
+def test_least_privilege_token_deploys(pve_token, lab_catalog, gpupve, lab_image):
+    from provisioners.vm.privileges import pveum_commands, token_privileges
+    from tests.conftest import TOKEN_ID
+    vm = _vm(lab_catalog)
+    for path, privs in token_privileges(lab_catalog, vm).items():
+        gpupve.grant(TOKEN_ID, path, *privs)
+    gpupve.add_pci_mapping("rtx5060ti")  # an administrator made it; the token may only use it
+    results = apply_vm(pve_token, lab_catalog, vm)
+    assert [r.status for r in results] == ["ok", "ok", "changed", "changed", "changed"]
+    assert gpupve.vm(140).status == "running"
+    assert plan_vm(pve_token, lab_catalog, vm) == []
+    assert pveum_commands(lab_catalog, vm, TOKEN_ID)[1] == (
+        f"pveum acl modify / --tokens '{TOKEN_ID}' --roles GpuLlmDeployer --propagate 0")
+
+
+def test_container_holding_the_vmid_is_a_conflict(pve_token, lab_catalog, gpupve, lab_image):
+    gpupve.add_ct(140, "a-container", node=NODE, status="running")
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    assert "conflict" in str(err.value) and "a container" in str(err.value)
+    assert writes(gpupve) == []
+
+
+def test_other_devices_in_the_gpu_group_are_reported(pve_token, lab_catalog, gpupve, lab_image):
+    usb = next(d for d in gpupve.pci_devices if d["id"] == "0000:00:14.0")
+    usb["iommugroup"] = 14
+    warnings = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "warning"]
+    assert len(warnings) == 1
+    assert "IOMMU group 14 also holds 0000:00:14.0 (USB 3.2 Gen 2x1 xHCI Host Controller)" in warnings[0].message

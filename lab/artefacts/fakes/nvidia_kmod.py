@@ -74,6 +74,43 @@ def kernel_messages(hw, flavour, version):
     return "ok", msgs
 
 
+def proc_version_text(flavour, version):
+    """/proc/driver/nvidia/version of a loaded module (first line = the NVRM loading banner).
+
+    Shape of the real file ("NVRM version: <banner>" / "GCC version:  gcc version ..."); the GCC
+    line is SYNTHESISED as Debian 12's compiler (the lab guest's).
+    """
+    stamp = BUILD_STAMPS.get(version, SYNTH_STAMP)
+    if flavour == "open":
+        banner = "NVIDIA UNIX Open Kernel Module for x86_64  %s  Release Build  %s  %s" % (version, BUILDER, stamp)
+    else:
+        banner = "NVIDIA UNIX x86_64 Kernel Module  %s  %s" % (version, stamp)
+    return "NVRM version: %s\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14) \n" % banner
+
+
+def publish_proc_driver(text):
+    """Make /proc/driver/nvidia/version exist, as the loaded module's procfs entry would.
+
+    procfs takes no new files, so (as root, at boot) a small tmpfs is mounted over /proc/driver
+    (hiding its other entries, e.g. rtc). Env LAB_PROC_DRIVER names a plain directory instead (tests).
+    """
+    import subprocess
+    root = os.environ.get("LAB_PROC_DRIVER")
+    if not root and os.environ.get("LAB_GPU_HW"):
+        return  # overridden hardware = not the lab guest: never mount over a host's /proc
+    if not root:
+        root = "/proc/driver"
+        if not os.path.isdir(os.path.join(root, "nvidia")):
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "lab-nvidia-proc", root],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    try:
+        os.makedirs(os.path.join(root, "nvidia"), exist_ok=True)
+        with open(os.path.join(root, "nvidia", "version"), "w") as fh:
+            fh.write(text)
+    except OSError:
+        pass
+
+
 def write_kmsg(msgs):
     path = os.environ.get("LAB_KMSG") or "/dev/kmsg"
     for level, text in msgs:
@@ -92,6 +129,8 @@ def load():
     os.chmod(os.path.join(run, "procs"), 0o1777)  # vLLM/Ollama run as other users
     status, msgs = kernel_messages(hw, FLAVOUR, DRIVER_VERSION)
     write_kmsg(msgs)
+    if status in ("ok", "rminit_failed"):   # the module itself is in the kernel in both cases
+        publish_proc_driver(proc_version_text(FLAVOUR, DRIVER_VERSION))
     state = {"boot_id": lab_boot_id(), "version": DRIVER_VERSION, "branch": DRIVER_VERSION.split(".")[0],
              "flavour": FLAVOUR, "status": status, "cuda_version": CUDA_VERSION}
     tmp = os.path.join(run, ".state.json")

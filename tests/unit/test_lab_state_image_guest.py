@@ -1,0 +1,146 @@
+"""lab.state (ports, lock), lab.image (recipe hash, guestfs copy), lab.guest (qemu command line),
+lab.server (CA, server cert, SSH key) - no VM needed."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lab import guest, image, server, state
+from lab.image import BaseImage
+from provisioners.errors import DeployError
+
+
+def test_ports_follow_lab_port_base(monkeypatch):
+    monkeypatch.delenv("LAB_PORT_BASE", raising=False)
+    assert state.ports().as_dict() == {"pve": 17006, "ssh": 17022, "artefacts": 17080,
+                                       "vllm": 17800, "ollama": 17434}
+    monkeypatch.setenv("LAB_PORT_BASE", "20000")
+    assert state.ports().ssh == 20022
+    monkeypatch.setenv("LAB_PORT_BASE", "70000")
+    with pytest.raises(DeployError, match="LAB_PORT_BASE"):
+        state.ports()
+
+
+def test_lab_lock_is_exclusive(tmp_path):
+    first = state.LabLock(tmp_path / "lock").acquire()
+    try:
+        with pytest.raises(DeployError) as err:
+            state.LabLock(tmp_path / "lock").acquire()
+        assert f"pid {os.getpid()}" in str(err.value)
+    finally:
+        first.release()
+    state.LabLock(tmp_path / "lock").acquire().release()  # free again
+
+
+def test_cache_dir_honours_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert image.image_cache_dir() == tmp_path / "gpu-llm-deployer" / "lab-image"
+
+
+def test_recipe_hash_covers_guestfs_content_and_modes(tmp_path):
+    fs = tmp_path / "guestfs"
+    (fs / "usr/local/bin").mkdir(parents=True)
+    tool = fs / "usr/local/bin/lspci"
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    h1 = image.recipe_hash(fs)
+    assert h1 == image.recipe_hash(fs)
+    tool.chmod(0o644)
+    h2 = image.recipe_hash(fs)
+    tool.write_text("#!/bin/sh\necho ho\n")
+    h3 = image.recipe_hash(fs)
+    (fs / "usr/local/bin/__pycache__").mkdir()
+    (fs / "usr/local/bin/__pycache__/x.pyc").write_bytes(b"junk")
+    assert len({h1, h2, h3}) == 3
+    assert image.recipe_hash(fs) == h3  # caches are not part of the recipe
+    assert image.recipe_hash(tmp_path / "missing") != h3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to root needs root")
+def test_guestfs_is_copied_verbatim(tmp_path):
+    fs = tmp_path / "guestfs"
+    (fs / "etc/lab").mkdir(parents=True)
+    (fs / "etc/lab/x.json").write_text("{}")
+    (fs / "etc/lab/tool").write_text("#!/bin/sh\n")
+    (fs / "etc/lab/tool").chmod(0o750)
+    os.symlink("tool", fs / "etc/lab/link")
+    root = tmp_path / "rootfs"
+    (root / "etc/lab").mkdir(parents=True)
+    (root / "etc/lab/x.json").write_text("old")
+    image._copy_guestfs(fs, root)
+    assert (root / "etc/lab/x.json").read_text() == "{}"
+    assert stat.S_IMODE((root / "etc/lab/tool").stat().st_mode) == 0o750
+    assert os.readlink(root / "etc/lab/link") == "tool"
+    assert (root / "etc/lab/tool").stat().st_uid == 0
+
+
+def _guest(tmp_path) -> guest.Guest:
+    img = BaseImage(dir=tmp_path, qcow2=tmp_path / "base.qcow2", kernel=tmp_path / "vmlinuz",
+                    initrd=tmp_path / "initrd.img", sha256="0" * 64, recipe_hash="x")
+    return guest.Guest(140, img, state.LabPaths(tmp_path / ".lab"), state.Ports(17000))
+
+
+def test_qemu_command_line_follows_the_measured_recipe(tmp_path):
+    g = _guest(tmp_path)
+    cfg = {"net0": "virtio=BC:24:11:00:01:40,bridge=vmbr0", "scsi0": "local-lvm:vm-140-disk-0,size=8G"}
+    cmd = g.command(guest.GuestSettings.from_pve(140, cfg))
+    line = " ".join(cmd)
+    assert cmd[0] == "qemu-system-x86_64"
+    assert "-accel tcg,thread=multi,tb-size=256 -cpu max -machine q35,smm=off" in line
+    assert "-m 1024 -smp 2" in line
+    assert "root=/dev/vda" in line and "console=ttyS0" in line
+    for host, port in ((17022, 22), (17800, 8000), (17434, 11434)):
+        assert f"hostfwd=tcp:127.0.0.1:{host}-:{port}" in line
+    assert "mac=bc:24:11:00:01:40" in line
+    assert f"name=opt/lab/gpu,file={tmp_path / '.lab' / 'gpu-profile.json'}" in line
+    assert "-no-reboot" not in cmd  # a reboot inside the guest must reboot
+    assert "-daemonize" not in cmd  # qemu stays our child (dies with the lab)
+    assert (tmp_path / ".lab" / "gpu-profile.json").exists()
+
+
+@pytest.mark.parametrize("cfg,gib", [
+    ({"scsi0": "local-lvm:vm-140-disk-0,size=8G"}, 8),
+    ({"scsi0": "local-lvm:vm-140-disk-0,iothread=1,size=20480M"}, 20),
+    ({"virtio0": "local:140/vm-140-disk-0.qcow2,size=1T"}, 1024),
+    ({"scsi0": "local-lvm:vm-140-disk-0"}, None),
+    ({}, None),
+])
+def test_overlay_size_from_pve_disk(cfg, gib):
+    assert guest._boot_disk_gib(cfg) == gib
+
+
+def test_lab_ca_signs_the_server_cert_and_ssh_key_is_made_once(tmp_path):
+    from cryptography import x509
+    paths = state.LabPaths(tmp_path / ".lab")
+    cert_p, _key_p = server.issue_server_cert(paths)
+    ca = x509.load_pem_x509_certificate(paths.pve_ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(cert_p.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    before = paths.pve_ca.read_bytes()
+    server.issue_server_cert(paths)
+    assert paths.pve_ca.read_bytes() == before  # the CA is made once
+
+    import paramiko
+    key = server.ensure_ssh_key(paths)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    loaded = paramiko.Ed25519Key.from_private_key_file(str(key))
+    pub = Path(str(key) + ".pub").read_text().split()
+    assert pub[0] == "ssh-ed25519" and pub[1] == loaded.get_base64()
+    first = key.read_bytes()
+    server.ensure_ssh_key(paths)
+    assert key.read_bytes() == first
+
+
+def test_pve_password_default_and_secret(monkeypatch):
+    from provisioners import redact
+    monkeypatch.delenv("LAB_PVE_PASSWORD", raising=False)
+    assert server.pve_password() == "lab-secret"
+    monkeypatch.setenv("LAB_PVE_PASSWORD", "s3cret-for-lab")
+    assert server.pve_password() == "s3cret-for-lab"
+    assert "s3cret-for-lab" not in redact.redact("pw s3cret-for-lab")
+    redact._clear_for_tests()
