@@ -380,10 +380,13 @@ def build(guestfs: Path = GUESTFS_DIR, *, force: bool = False) -> BaseImage:
 
 
 def prune(keep: BaseImage) -> list[Path]:
-    """Remove cached stage-2 images other than ``keep`` (returns the removed directories)."""
+    """Remove cached images and debootstrap trees other than ``keep``'s (returns what went)."""
     removed = []
+    current_rootfs = f"rootfs-{_hash(rootfs_recipe())[:16]}"
     for d in image_cache_dir().iterdir():
-        if d.is_dir() and d != keep.dir and len(d.name) == 64:
+        stale_image = len(d.name) == 64 and d != keep.dir
+        stale_rootfs = d.name.startswith("rootfs-") and d.name != current_rootfs
+        if d.is_dir() and (stale_image or stale_rootfs):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

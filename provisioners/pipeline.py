@@ -507,7 +507,8 @@ class Deployment:
         """The run's SSH session to the guest (``provisioners.remote.RemoteSession``), opened on
         first use and reused. Host/port/user/key come from the catalog's ``ssh`` and
         ``cloud_init`` entries; its log goes to the progress heartbeat."""
-        if self.session is not None and getattr(self.session, "connected", lambda: False)():
+        if self.session is not None:
+            # RemoteSession reconnects by itself on a dropped connection; one session per run.
             return self.session
         self._need_catalog()
         self.ensure_lab()

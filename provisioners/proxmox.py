@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import AuthenticationError, ResourceException
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (RetryError, Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt,
+                      stop_after_delay, wait_exponential)
 
 from provisioners.errors import DeployError
 from provisioners.redact import redact, register_secret
@@ -409,22 +410,20 @@ class PveClient:
         """
         what = what or f"PVE task {upid}"
         node = self._task_node(upid)
-        deadline = time.monotonic() + timeout_s
-        delay = self.retry.poll_initial_s
-        while True:
-            status = self.get(f"/nodes/{node}/tasks/{upid}/status") or {}
-            if status.get("status") == "stopped":
-                exitstatus = str(status.get("exitstatus", ""))
-                if is_task_ok(exitstatus):
-                    if exitstatus != "OK":
-                        log.warning(redact(f"{what}: {exitstatus}"))
-                    return status
-                raise PveTaskFailed(f"{what} failed", upid, redact(exitstatus),
-                                    [redact(x) for x in self.task_log(upid)], command=command)
-            if time.monotonic() >= deadline:
-                raise PveTaskTimeout(f"{what} did not finish in time", upid, timeout_s, command=command)
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, self.retry.poll_max_s)
+        polls = Retrying(retry=retry_if_result(lambda st: st.get("status") != "stopped"),
+                         wait=wait_exponential(multiplier=self.retry.poll_initial_s, max=self.retry.poll_max_s),
+                         stop=stop_after_delay(timeout_s))
+        try:
+            status = polls(lambda: self.get(f"/nodes/{node}/tasks/{upid}/status") or {})
+        except RetryError:
+            raise PveTaskTimeout(f"{what} did not finish in time", upid, timeout_s, command=command) from None
+        exitstatus = str(status.get("exitstatus", ""))
+        if is_task_ok(exitstatus):
+            if exitstatus != "OK":
+                log.warning(redact(f"{what}: {exitstatus}"))
+            return status
+        raise PveTaskFailed(f"{what} failed", upid, redact(exitstatus),
+                            [redact(x) for x in self.task_log(upid)], command=command)
 
     def run_task(self, method: str, path: str, timeout_s: float, what: str, /, *, idempotent: bool = False,
                  **data: Any) -> dict[str, Any]:

@@ -82,10 +82,10 @@ def lab_catalog(gpupve, pve_ca, tmp_path):
     key.write_text("not a real key\n")
     key.chmod(0o600)
     text = LAB_CATALOG.read_text()
-    text = text.replace("https://127.0.0.1:17006", gpupve.url)
-    text = text.replace("../.lab/pve/ca.pem", pve_ca)
-    text = text.replace("../.lab/ssh/id_ed25519.pub", str(pub))
-    text = text.replace("../.lab/ssh/id_ed25519", str(key))
+    for old, new in (("https://127.0.0.1:17006", gpupve.url), ("../.lab/pve/ca.pem", pve_ca),
+                     ("../.lab/ssh/id_ed25519.pub", str(pub)), ("../.lab/ssh/id_ed25519", str(key))):
+        assert old in text, f"lab/lab-catalog.yml no longer contains {old!r}: update tests/conftest.py"
+        text = text.replace(old, new)
     path = tmp_path / "lab-catalog.yml"
     path.write_text(text)
     return load_catalog(path)

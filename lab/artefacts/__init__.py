@@ -6,12 +6,19 @@
   public key ``apt/lab-archive-key.asc``: ubuntu-drivers-common, nvidia-driver-NNN[-open],
   nvidia-dkms-NNN[-open], nvidia-utils-NNN, cuda-keyring, cuda-toolkit-12-8, cuda, cuda-drivers;
 - ``cuda/repos/ubuntu2404/x86_64/``: NVIDIA's flat-repo shape (what cuda-keyring points at),
-  with ``cuda-keyring_1.1-1_all.deb`` downloadable as from NVIDIA;
+  with ``cuda-keyring_1.1-1_all.deb`` downloadable as from NVIDIA (and at ``cuda/``, where
+  ``lab/lab-catalog.yml``'s ``keyring_url`` points);
 - ``simple/`` + ``packages/``: PEP 503 index with the lab ``vllm`` wheel;
 - ``ollama/ollama-linux-amd64.tgz`` (+ ``.sha256``).
 
 The programs inside replay real outputs from ``../shared/corpus/`` for the profile the guest
 reads from fw_cfg (see ``lab/artefacts/fakes/``). ``lab.artefacts.server.start`` serves the tree.
+
+Guest-side runtime contract (what the fake programs read/write, all inside the guest):
+``/sys/firmware/qemu_fw_cfg/by_name/opt/lab/gpu/raw`` or its boot-time copy
+``/run/lab-gpu/hw.json`` (the profile), ``/run/nvidia-lab/state.json`` (the module "loaded" in
+this boot, written by ``nvidia-lab-kmod.service`` of the nvidia-dkms package),
+``/run/nvidia-lab/procs/<pid>.json`` (VRAM held by vLLM/Ollama), ``/etc/lab/faults/vllm-crash-once``.
 """
 from __future__ import annotations
 

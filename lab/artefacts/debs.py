@@ -169,7 +169,7 @@ def driver_debs(branch: int, fails: bool) -> list[Deb]:
             "[Unit]\n"
             "Description=NVIDIA kernel module (lab: replays what nvidia.ko does on the lab GPU profile)\n"
             "DefaultDependencies=no\n"
-            "After=systemd-modules-load.service local-fs.target\n"
+            "After=systemd-modules-load.service local-fs.target lab-gpu-hw.service\n"
             "Before=sysinit.target\n"
             "ConditionPathExists=/usr/lib/nvidia-lab/nvidia-lab-kmod\n\n"
             "[Service]\nType=oneshot\nRemainAfterExit=yes\n"

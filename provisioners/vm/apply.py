@@ -57,9 +57,17 @@ def ensure_image(client: PveClient, catalog: Any, vm: Any) -> OpResult:
     if any(item.get("volid") == volid for item in content):
         return OpResult(f"image {volid}", "ok", "already present")
     image = catalog.images[vm.image].cloud_image
-    client.run_task("POST", f"/nodes/{client.node}/storage/{storage}/download-url", DOWNLOAD_TIMEOUT_S,
-                    f"download of {image.url} to {volid}", url=str(image.url), content="import",
-                    filename=filename, checksum=str(image.sha256), **{"checksum-algorithm": "sha256"})
+    try:
+        client.run_task("POST", f"/nodes/{client.node}/storage/{storage}/download-url", DOWNLOAD_TIMEOUT_S,
+                        f"download of {image.url} to {volid}", url=str(image.url), content="import",
+                        filename=filename, checksum=str(image.sha256), **{"checksum-algorithm": "sha256"})
+    except (PveApiError, PveTaskFailed, PveTaskTimeout) as err:
+        remedy = "\n  ".join(r for r in (err.remedy, (
+            f"check images.{vm.image}.cloud_image: the url must be reachable from node {client.node} and sha256 "
+            f"must be the image's (SHA256SUMS next to it); storage '{storage}' needs content 'import' "
+            "(PVE >= 8.4); or put the image there yourself") ) if r)
+        raise DeployError(f"cloud image {volid} could not be fetched; nothing was created: {err.what}",
+                          cause=err.cause, remedy=remedy, evidence=dict(err.evidence), command=err.command) from None
     return OpResult(f"image {volid}", "changed", f"downloaded from {image.url}", time.monotonic() - start)
 
 

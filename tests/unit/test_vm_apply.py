@@ -249,3 +249,29 @@ def test_other_devices_in_the_gpu_group_are_reported(pve_token, lab_catalog, gpu
     warnings = [f for f in preflight(pve_token, lab_catalog, _vm(lab_catalog)) if f.severity == "warning"]
     assert len(warnings) == 1
     assert "IOMMU group 14 also holds 0000:00:14.0 (USB 3.2 Gen 2x1 xHCI Host Controller)" in warnings[0].message
+
+
+def test_failed_image_download_is_explained_and_creates_nothing(pve_token, lab_catalog, gpupve):
+    gpupve.fail("POST", f"/nodes/{NODE}/storage/local/download-url", 500,
+                "checksum mismatch: got 'abc', expected '000'")
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    text = str(err.value)
+    assert "checksum mismatch" in text and "cloud_image" in text and "nothing was created" in text
+    assert gpupve.vm(140) is None
+
+
+def test_gpu_gone_at_start_quotes_pve_and_rolls_back(pve_token, lab_catalog, gpupve, lab_image, monkeypatch):
+    from lab.gpupve import pci_devices_for_profile
+    from provisioners.vm import apply as apply_mod
+    real_resize = apply_mod._resize
+
+    def resize_then_card_vanishes(client, vm):
+        gpupve.pci_devices = pci_devices_for_profile("no-gpu")  # e.g. the card fell off the bus
+        return real_resize(client, vm)
+    monkeypatch.setattr(apply_mod, "_resize", resize_then_card_vanishes)
+    with pytest.raises(DeployError) as err:
+        apply_vm(pve_token, lab_catalog, _vm(lab_catalog))
+    text = str(err.value)
+    assert "no PCI device found for '0000:01:00'" in text and "10de:2d04" in text and "destroyed" in text
+    assert gpupve.vm(140) is None

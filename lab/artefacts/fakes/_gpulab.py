@@ -13,17 +13,21 @@ import os as _os
 import time as _time
 
 FW_CFG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/lab/gpu/raw"
+# copy made readable at boot by the image's lab-gpu-hw.service (the fw_cfg file is root-only)
+PUBLISHED_HW = "/run/lab-gpu/hw.json"
 
 
 def lab_hw():
     """The guest hardware dict ({"profile", "secure_boot", "gpus": [...]}); no file -> no GPU."""
-    path = _os.environ.get("LAB_GPU_HW") or FW_CFG_PATH
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read().rstrip(b"\0").decode()
-        hw = _json.loads(data)
-    except (OSError, ValueError):
-        hw = {}
+    env = _os.environ.get("LAB_GPU_HW")
+    hw = {}
+    for path in ([env] if env else [FW_CFG_PATH, PUBLISHED_HW]):
+        try:
+            with open(path, "rb") as fh:
+                hw = _json.loads(fh.read().rstrip(b"\0").decode())
+            break
+        except (OSError, ValueError):
+            continue
     hw.setdefault("gpus", [])
     hw.setdefault("secure_boot", False)
     hw.setdefault("profile", "none")

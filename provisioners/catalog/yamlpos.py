@@ -1,0 +1,150 @@
+"""YAML text -> PyYAML node tree + data, and positions in it.
+
+PyYAML composes a node tree that keeps 1-based line:column marks and every mapping key; its
+constructor then builds plain data, silently keeping only the last of duplicate keys. So the
+tree is inspected (duplicate keys, YAML 1.1 booleans, secret-looking keys) *before* the data
+is constructed, and issues found later are mapped back to a position with :func:`position`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioners.catalog.errors import CatalogIssue, single_issue
+
+#: A field location as pydantic reports it: keys (str) and list indexes (int), outermost first.
+Loc = tuple[Any, ...]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def load_yaml(text: str, file: Path | None,
+              inspect: Callable[[yaml.MappingNode], list[CatalogIssue]]) -> tuple[yaml.Node | None, Any, list[CatalogIssue]]:
+    """Compose ``text`` (one YAML document), run ``inspect`` on the root node when it is a
+    mapping, then construct the data (PyYAML ``SafeLoader``: no Python object tags).
+
+    Returns ``(root node or None, data, issues from inspect)``.
+
+    Raises:
+        CatalogError: the text is not valid YAML (with the line:column PyYAML reports).
+    """
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            # Before constructing: merge keys (<<) are flattened into the node tree in place.
+            early = inspect(root) if isinstance(root, yaml.MappingNode) else []
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        message = "YAML syntax error: " + " ".join(str(p) for p in (err.context, err.problem) if p)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        fix = "see the YAML around this position (indentation, quotes, ':')"
+        raise single_issue(file, "", line, col, message, fix=fix) from None
+    except yaml.YAMLError as err:
+        raise single_issue(file, "", 0, 0, f"not valid YAML: {err}") from None
+    return root, data, early
+
+
+def loc_to_path(loc: Loc) -> str:
+    """``("vms", 0, "gpu")`` -> ``"vms[0].gpu"`` (the path as issues show it)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def mark(node: yaml.Node) -> tuple[int, int]:
+    """The 1-based (line, column) where ``node`` starts."""
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def children(node: yaml.Node, loc: Loc) -> Iterator[tuple[yaml.Node | None, yaml.Node, Loc]]:
+    """The direct children of a mapping or sequence node as ``(key node, value node, value's
+    loc)``; the key node is None for sequence items. Scalars have no children."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            yield k, v, loc + (getattr(k, "value", "?"),)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield None, item, loc + (i,)
+
+
+def _walk(root: yaml.Node, loc: Loc) -> tuple[yaml.Node, yaml.Node | None, int]:
+    """Follow ``loc`` down the node tree. Returns (deepest node reached, key node of the last
+    mapping step taken, number of loc parts consumed)."""
+    node, key_node, used = root, None, 0
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            # The last one: it is the value YAML keeps (and merged << keys come first).
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    nxt, key_node = v, k
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            nxt, key_node = node.value[part], None
+        if nxt is None:
+            break
+        node, used = nxt, used + 1
+    return node, key_node, used
+
+
+def position(root: yaml.Node, loc: Loc, at_key: bool = False) -> tuple[int, int]:
+    """1-based line:col for ``loc``: the value (or with ``at_key`` the key) when it exists, else
+    the deepest existing parent."""
+    node, key_node, used = _walk(root, loc)
+    if used == len(loc) and at_key and key_node is not None:
+        return mark(key_node)
+    return mark(node)
+
+
+def yaml11_booleans(root: yaml.Node) -> list[CatalogIssue]:
+    """yes/no/on/off (any case) and True/FALSE are booleans to PyYAML (YAML 1.1) but strings to
+    YAML 1.2 tools; the project allows only true/false (as the .yamllint truthy rule does)."""
+    issues: list[CatalogIssue] = []
+
+    def visit(node: yaml.Node, loc: Loc) -> None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL_TAG and node.value not in ("true", "false"):
+            meaning = "true" if node.value.lower() in ("yes", "on", "true", "y") else "false"
+            issues.append(CatalogIssue(loc_to_path(loc), *mark(node), f"'{node.value}' is an ambiguous boolean",
+                                       "true or false", f"write {meaning}"))
+        for _, child, child_loc in children(node, loc):
+            visit(child, child_loc)
+
+    visit(root, ())
+    return issues
+
+
+def duplicate_keys(root: yaml.Node) -> list[CatalogIssue]:
+    """Every mapping key that occurs twice in its mapping (PyYAML would keep only the last),
+    reported at the second occurrence. Merge keys (``<<``) are not keys of their own."""
+    issues: list[CatalogIssue] = []
+
+    def visit(node: yaml.Node, loc: Loc) -> None:
+        first: dict[str, yaml.Node] = {}
+        for k, child, child_loc in children(node, loc):
+            if k is not None:
+                if not isinstance(k, yaml.ScalarNode) or k.tag == _MERGE_TAG:
+                    continue
+                if k.value in first:
+                    line = first[k.value].start_mark.line + 1
+                    issues.append(CatalogIssue(
+                        loc_to_path(child_loc), *mark(k),
+                        f"duplicate key '{k.value}' (first at line {line})",
+                        "each key once per mapping",
+                        "remove one of them; YAML would silently keep only the last"))
+                else:
+                    first[k.value] = k
+            visit(child, child_loc)
+
+    visit(root, ())
+    return issues
