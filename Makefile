@@ -1,29 +1,90 @@
 # GPU LLM machine deployer. `make help` lists the targets.
+# TARGET=lab (default: the embedded lab) or TARGET=proxmox (a real host; PROXMOX_* variables).
+# CATALOG=PATH picks another catalog (default: lab/lab-catalog.yml for lab, infrastructure-catalog.yml for proxmox).
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PY ?= .venv/bin/python
 BEHAVE ?= .venv/bin/behave
+FEATURE ?= features/vm_llm_gpu_passthrough.feature
 TARGET ?= lab
-CATALOG ?=
-BEHAVE_D := -D target=$(TARGET) $(if $(CATALOG),-D catalog=$(CATALOG))
+ifeq ($(TARGET),lab)
+CATALOG ?= lab/lab-catalog.yml
+else
+CATALOG ?= infrastructure-catalog.yml
+endif
+BEHAVE_ARGS ?=
+ifeq ($(TARGET),lab)
+# The lab is disposable: a deploy runs every scenario; its fakepve login is root@pam.
+DEPLOY_TAGS ?=
+export PROXMOX_USER ?= root@pam
+export PROXMOX_PASSWORD ?= $(or $(LAB_PVE_PASSWORD),lab-secret)
+else
+DEPLOY_TAGS ?= --tags='not @destructive'
+endif
+BEHAVE_D = -D target=$(TARGET) -D catalog=$(CATALOG) $(if $(GPU_PROFILE),-D gpu_profile=$(GPU_PROFILE))
 
-.PHONY: help venv lint test unit plan deploy-vm-llm-aimachine destroy-vm-llm-aimachine verify report lab-image lab-up lab-down
+.PHONY: help host-deps venv lint unit test test-lab behave plan deploy-vm-llm-aimachine verify destroy-vm-llm-aimachine \
+        report doctor lab-image lab-up lab-down lab-status
 
-help:
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+
+host-deps: ## install missing host packages for the lab (apt; sudo when not root)
+	bash lab/host-deps.sh
 
 venv: .venv/.installed ## create .venv with the pinned requirements
 .venv/.installed: requirements.txt
-	python3 -m venv .venv
+	python3 -m venv .venv || { rm -rf .venv; bash lab/host-deps.sh; python3 -m venv .venv; }
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements.txt
 	touch $@
 
-lint: venv ## yamllint + catalog validation
-	.venv/bin/yamllint -c .yamllint infrastructure-catalog.yml lab/ .
-	$(PY) -m provisioners validate infrastructure-catalog.yml
+lint: venv ## yamllint + validate both catalogs
+	.venv/bin/yamllint -c .yamllint .
+	$(PY) -m provisioners validate --skip-file-checks infrastructure-catalog.yml
+	$(PY) -m provisioners validate --skip-file-checks lab/lab-catalog.yml
 
-unit: venv ## unit tests only (no lab VM)
-	$(PY) -m pytest tests/unit -q
+unit: venv ## unit tests (no lab VM)
+	$(PY) -m pytest -q -m "not lab" tests/unit
 
-test: venv ## everything CI runs: lint, unit + lab tests, behave on the lab
-	$(PY) -m pytest -q
+test-lab: venv lab-image ## tests that boot the lab guest VM
+	$(PY) -m pytest -q -m lab tests/lab
+
+behave: venv $(if $(filter lab,$(TARGET)),lab-image) ## run the feature file (everything but @wip) on TARGET
+	$(BEHAVE) $(BEHAVE_D) $(BEHAVE_ARGS) $(FEATURE)
+
+test: venv lint ## what CI runs: lint, unit tests, lab tests, every scenario on the lab
+	$(PY) -m pytest -q -m "not lab" tests/unit
+	$(MAKE) --no-print-directory test-lab
+	$(MAKE) --no-print-directory behave TARGET=lab
+
+plan: venv ## show what a deploy would change on TARGET (changes nothing)
+	$(PY) -m provisioners plan $(CATALOG)
+
+deploy-vm-llm-aimachine: venv $(if $(filter lab,$(TARGET)),lab-image) ## deploy + verify vm-llm-aimachine on TARGET (proxmox: all but @destructive)
+	$(BEHAVE) $(BEHAVE_D) $(DEPLOY_TAGS) $(BEHAVE_ARGS) $(FEATURE)
+
+verify: venv $(if $(filter lab,$(TARGET)),lab-image) ## read-only @verify checks of the deployed VM on TARGET
+	$(BEHAVE) $(BEHAVE_D) --tags=@verify $(BEHAVE_ARGS) $(FEATURE)
+
+destroy-vm-llm-aimachine: venv ## destroy the VM (only if this tool created it); needs CONFIRM=yes
+	@if [ "$(CONFIRM)" != "yes" ]; then echo "refusing: destroying VM needs CONFIRM=yes (make destroy-vm-llm-aimachine CONFIRM=yes)"; exit 2; fi
+	$(PY) -m provisioners destroy --yes-destroy $(CATALOG)
+
+report: ## print where the latest HTML/JSON/JUnit report is
+	@if [ -e reports/latest ]; then echo "$$(readlink -f reports/latest)/index.html"; ls reports/latest/; else echo "no report yet: run make deploy-vm-llm-aimachine or make verify"; exit 1; fi
+
+doctor: venv ## diagnose captures: make doctor FROM=transcript.txt (or DIR=captures/)
+	$(PY) -m provisioners doctor $(if $(FROM),--from $(FROM)) $(DIR)
+
+lab-image: venv host-deps ## build (or reuse) the cached lab guest image
+	$(PY) -m lab image
+
+lab-up: venv ## start the embedded lab (fakepve + guest hypervisor + artefact server)
+	$(PY) -m lab up
+
+lab-down: ## stop the lab and its guest VM
+	$(PY) -m lab down
+
+lab-status: ## what the lab runs
+	$(PY) -m lab status

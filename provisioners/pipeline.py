@@ -35,6 +35,8 @@ DEFAULT_CATALOGS = {"lab": REPO_ROOT / "lab" / "lab-catalog.yml",
 DEFAULT_VM = "vm-llm-aimachine"
 #: the lab fakepve's root@pam password unless LAB_PVE_PASSWORD says otherwise (lab/server.py)
 LAB_PVE_PASSWORD = "lab-secret"
+#: faults a private lab Proxmox host can be prepared with (see Deployment.use_lab_fault_host)
+LAB_FAULTS = ("vfio-busy", "raw-address-with-token", "no-gpu", "unmanaged-vm-140")
 #: units that a catalog field's name must carry (see the header of infrastructure-catalog.yml)
 UNIT_SUFFIX = {"MiB": "_mib", "GiB": "_gib", "s": "_s", "count": ""}
 _PCI_ADDRESS = re.compile(r"^(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?$")
@@ -502,6 +504,88 @@ class Deployment:
             raise NotImplementedError(f"lab.control.{name} is not built yet (issue #3)")
         return func(*args)
 
+    # -- lab fault hosts (failure scenarios) ---------------------------------------------------
+    def use_lab_fault_host(self, fault: str) -> dict[str, Any]:
+        """Point this scenario at a private, in-process lab Proxmox host (``lab.gpupve.GpuFakePve``
+        on a free loopback port, verified TLS) prepared with one fault, so that failure scenarios
+        never disturb the shared lab or its VM 140. :meth:`end_scenario` switches back.
+
+        Faults (:data:`LAB_FAULTS`): ``vfio-busy`` (start fails: QEMU's ``Device or resource busy``
+        line, ``start failed: QEMU exited with code 1``), ``raw-address-with-token`` (an API token
+        and a catalog without mapping: PVE refuses ``host=``), ``no-gpu`` (the GPU is absent from
+        ``/nodes/{node}/hardware/pci``), ``unmanaged-vm-140`` (someone else's VM holds the VMID).
+        Returns the unmanaged VM's ``{"config", "status"}`` for that fault, else ``{}``.
+        Only on target ``lab``.
+        """
+        if self.target != "lab":
+            raise DeployError(what="fault injection needs the lab", cause="target is proxmox",
+                              remedy="run this scenario with -D target=lab, or exclude @lab")
+        if fault not in LAB_FAULTS:
+            raise DeployError(what=f"unknown lab fault {fault!r}", remedy=f"use one of {', '.join(LAB_FAULTS)}")
+        self._need_catalog()
+        gpupve = require("lab.gpupve", "issue #3, lab GpuFakePve")
+        proxmox = require("provisioners.proxmox", "issue #2, Proxmox client")
+        import secrets as _secrets
+        import tempfile
+
+        from fakepve.certs import make_cert
+
+        self.end_scenario()
+        workdir = tempfile.mkdtemp(prefix="deployer-fault-")
+        cert, key = make_cert(workdir, hosts=("127.0.0.1",))[:2]
+        token_secret = _secrets.token_hex(16)
+        register_secret(token_secret)
+        pve = gpupve.GpuFakePve(profile="no-gpu" if fault == "no-gpu" else "rtx5060ti", user="root@pam",
+                                password=_secrets.token_hex(8), host="127.0.0.1", port=0)
+        pve.time_scale = 0
+        pve.apitokens["deployer@pve!behave"] = token_secret
+        served = gpupve.ServedPve(pve, cert, key)
+        vm = self.vm
+        pub = Path(vm.cloud_init.ssh_public_key_file)
+        if not pub.is_file():  # the lab's key pair appears only once the lab has run
+            pub = Path(workdir) / "id_ed25519.pub"
+            pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC4v5qS2o0QHnI0Jk9M9+7cA8w0s1d2e3f4g5h6i7j8k fault@lab\n")
+            vm = vm.model_copy(update={"cloud_init": vm.cloud_init.model_copy(update={"ssh_public_key_file": pub})})
+        if fault == "raw-address-with-token":
+            vm = vm.model_copy(update={"gpu": vm.gpu.model_copy(update={"mapping": None})})
+        volid = self.catalog.image_for(vm).cloud_image.volid
+        storage, _, name = volid.partition(":")
+        pve.store_file(storage, name.split("/", 1)[1], 512 * 1024 ** 2, content="import")
+        snapshot: dict[str, Any] = {}
+        if fault == "unmanaged-vm-140":
+            other = pve.add_vm(vm.vmid, "someone-elses", node=pve.node_name, status="running",
+                               config={"memory": "4096", "scsi0": "local-lvm:vm-140-disk-0,size=32G"})
+            snapshot = {"config": dict(other.config), "status": other.status}
+        if fault == "vfio-busy":
+            pve.vfio_busy = True
+        self._saved = (self.client, self.vm)
+        self._fault = served
+        self.vm = vm
+        self.client = proxmox.connect(self.catalog, endpoint=pve.url, ca_file=cert,
+                                      credentials=proxmox.Credentials("deployer@pve", token_name="behave",
+                                                                      token_secret=token_secret))
+        self.show("lab fault host", f"{pve.url} (private GpuFakePve, profile {pve.profile}) with fault {fault}")
+        return snapshot
+
+    def lab_vm_snapshot(self, vmid: int) -> dict[str, Any]:
+        """``{"config", "status"}`` of VM ``vmid`` on the scenario's lab fault host (read directly
+        from the fake, so the check itself cannot change anything)."""
+        if getattr(self, "_fault", None) is None:
+            raise AssertionError("no lab fault host in this scenario")
+        vm = self._fault.pve.vm(vmid)
+        snap = {} if vm is None else {"config": dict(vm.config), "status": vm.status}
+        self.show(f"VM {vmid} on the fault host", "\n".join(f"{k}: {v}" for k, v in snap.items()))
+        return snap
+
+    def end_scenario(self) -> None:
+        """Stop the scenario's lab fault host, if any, and switch back to the target's host."""
+        served = getattr(self, "_fault", None)
+        if served is None:
+            return
+        self.client, self.vm = self._saved
+        self._fault = None
+        served.stop()
+
     # -- guest ------------------------------------------------------------------------------
     def open_session(self, wait_s: float = 600.0) -> Any:
         """The run's SSH session to the guest (``provisioners.remote.RemoteSession``), opened on
@@ -650,7 +734,8 @@ class Deployment:
         return snap
 
     def close(self) -> None:
-        """Close the SSH session (the PVE client holds no connection)."""
+        """Close the SSH session and any lab fault host (the PVE client holds no connection)."""
+        self.end_scenario()
         if self.session is not None:
             try:
                 self.session.close()
