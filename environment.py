@@ -88,10 +88,10 @@ def before_all(context):
 
 
 def before_scenario(context, scenario):
-    context.deployment.scenario = scenario.name
+    context.deployment.begin_scenario(scenario.name)
     context.error = None
     if "lab" in scenario.effective_tags and context.deployment.target != "lab":
-        scenario.skip("needs the lab's fault injection (-D target=lab)")
+        scenario.skip("needs the lab (-D target=lab)")
         return
     context.progress.line(f"== {scenario.name}")
 
@@ -138,6 +138,7 @@ def _explain_failure(context, step) -> None:
 
 def after_scenario(context, scenario):
     deployment = context.deployment
+    deployment.end_scenario()
     records = deployment.results_of(scenario.name)
     context.progress.add_row(progress_mod.Row(
         scenario.name, scenario.status.name, scenario.duration,

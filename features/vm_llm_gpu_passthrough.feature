@@ -7,9 +7,11 @@
 #
 # Tags (areas): @catalog @deploy @gpu @driver @vllm @ollama @idempotency @failure @verify
 #   @verify       read-only: changes nothing on the host or in the guest
-#   @destructive  creates and deletes VMs or deliberately breaks the guest (never on a real host
-#                 by default: `make deploy-vm-llm-aimachine` runs `not @destructive`)
-#   @lab          needs the lab's fault injection or GPU profiles; skipped on target=proxmox
+#   @destructive  deliberately breaks or deletes something on the target host (never on a real
+#                 host by default: `make deploy-vm-llm-aimachine` runs `not @wip and not @destructive`)
+#   @failure      a failure the deployer must stop at, explain and recover from
+#   @lab          needs the lab (private fault-injected Proxmox hosts, GPU profiles); skipped on
+#                 target=proxmox
 #   @wip          the library part is not built yet; excluded by behave.ini (default_tags)
 #
 # Each target has its catalog: infrastructure-catalog.yml (real host: Ubuntu 24.04 cloud image,
@@ -45,27 +47,29 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And yamllint finds no problem in the catalog file
     And the deployment plan derived from the catalog is attached to the report
 
-  # Seed scenario 7: a failed GPU attach leaves nothing behind and says what to check.
-  @failure @gpu @destructive @lab @wip
+  # Seed scenario 7: a failed GPU attach leaves nothing behind and says what to check. Each example
+  # runs against a private lab Proxmox host (in-process fakepve) prepared with one fault, so the
+  # shared lab and its VM 140 are never disturbed.
+  @failure @gpu @lab
   Scenario Outline: A GPU passthrough failure rolls the new VM back and explains itself
-    Given the lab Proxmox host has no VM <vmid>
-    And the lab Proxmox host will fail with "<pve error>"
+    Given a lab Proxmox host with the fault "<fault>"
     When a deployment of the VM from the catalog is attempted
-    Then the deployment stops with an error quoting "<pve error>"
+    Then the deployment stops with an error quoting "<error>"
     And the error names the PCI device and says to check <what to check>
-    And VM <vmid> does not exist on the node afterwards
+    And VM 140 does not exist on the node afterwards
 
-    Examples:
-      | vmid | pve error                                                    | what to check             |
-      | 140  | start failed: QEMU exited with code 1                        | IOMMU and other VMs       |
-      | 140  | only root can set 'hostpci0' config for non-mapped devices   | the PCI resource mapping  |
-      | 140  | no PCI device found for '0000:01:00'                         | the GPU on the node       |
+    Examples: PVE errors
+      | fault                  | error                                                      | what to check                             |
+      | vfio-busy              | start failed: QEMU exited with code 1                      | IOMMU and another VM using the device     |
+      | vfio-busy              | failed to open /dev/vfio/14: Device or resource busy       | IOMMU and another VM using the device     |
+      | raw-address-with-token | only root can set 'hostpci0' config for non-mapped devices | the mapping and its Mapping.Use privilege |
+      | no-gpu                 | not found at 0000:01:00                                    | the card is seated and visible on the node |
 
-  @failure @gpu @destructive @lab @wip
+  @failure @gpu @lab
   Scenario: An existing VM the deployer did not create is never touched
-    Given the lab Proxmox host has an unmanaged VM 140
+    Given a lab Proxmox host with the fault "unmanaged-vm-140"
     When a deployment of the VM from the catalog is attempted
-    Then the deployment stops with an error quoting "VM 140 exists and is not managed by this tool"
+    Then the deployment stops with an error quoting "a VM this tool did not create"
     And the unmanaged VM 140 is unchanged
 
   # Seed scenario 1, first half: the Proxmox side of `make deploy-vm-llm-aimachine`.
@@ -138,6 +142,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
       | unit               | vllm.service active, enabled, Restart=on-failure   |
       | /health            | 200                                                |
       | /v1/models         | lists the catalog's model (with the API key)       |
+      | API key            | /v1 without the key is refused (401)               |
       | GPU                | vLLM runs on the GPU                               |
 
   # Seed scenario 5: Ollama, installed from a pinned release.

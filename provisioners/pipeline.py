@@ -133,14 +133,31 @@ class Deployment:
         self.catalog_path = Path(self.catalog_path)
 
     # -- bookkeeping ------------------------------------------------------------------------
+    def begin_scenario(self, name: str) -> None:
+        """Start a scenario: results are recorded under ``name``; evidence shown again."""
+        self.scenario = name
+        self._shown: set[tuple[str, str]] = set()
+
     def show(self, name: str, text: str, mime: str = "text/plain") -> None:
-        """Queue evidence for the report of the current step."""
+        """Queue evidence for the report of the current step; the same (name, text) is attached
+        once per scenario (several Then-steps read the same PVE config)."""
+        shown = self.__dict__.setdefault("_shown", set())
+        if (name, text) in shown:
+            return
+        shown.add((name, text))
         self.evidence.append((name, text, mime))
 
     def take_evidence(self) -> list[tuple[str, str, str]]:
         """Return and clear the queued evidence."""
         out, self.evidence = self.evidence, []
         return out
+
+    def busy(self, label: str):
+        """Context manager: heartbeat lines with elapsed time while a long operation runs
+        (PVE task waits, package installs); a no-op without a progress reporter."""
+        import contextlib
+
+        return self.progress.heartbeat(label) if self.progress is not None else contextlib.nullcontext()
 
     def record(self, component: str, results: list[OpResult]) -> list[OpResult]:
         """Remember operation results for the summary table; returns them unchanged."""
@@ -363,7 +380,9 @@ class Deployment:
         A DeployError is kept in :attr:`last_error` (for Then-steps about failures) and re-raised."""
         vm_mod = require("provisioners.vm", "issue #2, VM lifecycle")
         try:
-            results = list(vm_mod.apply_vm(self.connect(), self.catalog, self.vm))
+            client = self.connect()
+            with self.busy(f"VM {self.vmid}: PVE tasks"):
+                results = list(vm_mod.apply_vm(client, self.catalog, self.vm))
         except DeployError as err:
             self.last_error = err
             self.captures.update(err.evidence or {})
@@ -492,17 +511,20 @@ class Deployment:
             _lab_cli("down")
             self.lab_started = self.lab_up = False
 
-    def lab_call(self, name: str, *args: Any) -> Any:
-        """Call ``lab.control.<name>(*args)`` (fault injection, GPU profile, unmanaged VM...).
-        Only on target ``lab``; a real host gets no injected faults."""
+    def set_lab_profile(self, name: str) -> str:
+        """Select the lab's GPU profile (``python -m lab profile NAME``; the lab serves that
+        profile's packages and hardware facts from then on). Returns the CLI's answer."""
         if self.target != "lab":
-            raise DeployError(what=f"{name} needs the lab", cause="target is proxmox",
+            raise DeployError(what="GPU profiles exist only in the lab", cause="target is proxmox",
                               remedy="run this scenario with -D target=lab, or exclude @lab")
-        control = require("lab.control", "issue #3, lab fault injection")
-        func = getattr(control, name, None)
-        if func is None:
-            raise NotImplementedError(f"lab.control.{name} is not built yet (issue #3)")
-        return func(*args)
+        self.ensure_lab()
+        proc = _lab_cli("profile", name)
+        if proc.returncode != 0:
+            raise DeployError(what=f"the lab could not switch to GPU profile {name!r}",
+                              cause=(proc.stdout + proc.stderr)[-2000:], command=f"python -m lab profile {name}",
+                              exit_code=proc.returncode, remedy="`python -m lab profile` lists the profiles")
+        self.show("lab GPU profile", proc.stdout)
+        return proc.stdout
 
     # -- lab fault hosts (failure scenarios) ---------------------------------------------------
     def use_lab_fault_host(self, fault: str) -> dict[str, Any]:
@@ -631,7 +653,7 @@ class Deployment:
         if not any(i and i in text for i in ids):
             problems.append(f"the error names none of {ids}:\n{err}")
         for phrase in re.split(r"\band\b", what.lower()):
-            words = [w.rstrip("s") for w in re.findall(r"[a-z0-9]+", phrase) if w not in ("the", "a", "an", "on")]
+            words = [w.rstrip("s") for w in re.findall(r"[a-z0-9]+", phrase) if w not in ("the", "a", "an", "on", "its", "is", "to", "of")]
             missing = [w for w in words if w not in text]
             if missing:
                 problems.append(f"the error does not say to check {phrase.strip()!r} (missing: {', '.join(missing)})")
@@ -640,7 +662,9 @@ class Deployment:
     def bootstrap_guest(self) -> list[OpResult]:
         """Wait for cloud-init and apt/dpkg locks, repair dpkg (``provisioners.guest.bootstrap``)."""
         bootstrap = require("provisioners.guest.bootstrap", "issue #4, guest bootstrap")
-        results = list(bootstrap.bootstrap(self.open_session(), self.catalog, self.vm) or [])
+        session = self.open_session()
+        with self.busy("bootstrap: cloud-init, apt locks"):
+            results = list(bootstrap.bootstrap(session, self.catalog, self.vm) or [])
         return self.record("bootstrap", results)
 
     def _component(self, name: str) -> Any:
@@ -663,7 +687,8 @@ class Deployment:
             self.captures.update({f"{name}:{k}": v for k, v in (getattr(facts, "raw", {}) or {}).items()})
             changes = comp.plan(facts)
             self.show(f"{name} plan", "\n".join(str(c) for c in changes) or "no changes")
-            results = list(comp.apply(session, facts, changes))
+            with self.busy(f"{name}: applying {len(changes)} change(s)"):
+                results = list(comp.apply(session, facts, changes))
         except DeployError as err:
             self.last_error = err
             self.captures.update(err.evidence or {})

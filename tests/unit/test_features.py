@@ -22,7 +22,7 @@ SEED = {9: "catalog describes", 1: "Deploying", 2: "GPU is visible", 3: "open fl
         8: "failing driver install"}
 #: Deployment methods that change a host or a guest; a @verify scenario may call none of them
 MUTATING = {"ensure_vm", "deploy_expecting_failure", "converge", "converge_expecting_failure", "bootstrap_guest",
-            "redeploy", "destroy", "lab_call", "stop_lab"}
+            "redeploy", "destroy", "use_lab_fault_host", "set_lab_profile", "stop_lab"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_scenario_has_an_area_tag_and_tags_are_documented(feature):
 def test_destructive_and_lab_scenarios_are_failure_scenarios(feature):
     for scenario in feature.walk_scenarios():
         tags = set(scenario.effective_tags)
-        if "lab" in tags:
+        if "lab" in tags or "destructive" in tags:
             assert "failure" in tags, scenario.name
         if "verify" in tags:
             assert not tags & {"destructive", "failure"}, scenario.name

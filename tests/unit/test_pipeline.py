@@ -213,3 +213,56 @@ def test_failed_start_rolls_back_and_is_explained(deployment, gpupve):
 def test_deploy_expecting_failure_fails_when_it_succeeds(deployment):
     with pytest.raises(AssertionError, match="expects it to fail"):
         deployment.deploy_expecting_failure()
+
+
+def test_evidence_is_shown_once_per_scenario():
+    d = _lab()
+    d.take_evidence()
+    d.begin_scenario("a")
+    d.show("PVE config", "x")
+    d.show("PVE config", "x")
+    d.show("PVE config", "y")
+    assert [t for _, t, _ in d.take_evidence()] == ["x", "y"]
+    d.begin_scenario("b")
+    d.show("PVE config", "x")
+    assert len(d.take_evidence()) == 1
+
+
+@pytest.mark.parametrize("fault,quote,check", [
+    ("vfio-busy", "Device or resource busy", "IOMMU and another VM using the device"),
+    ("raw-address-with-token", "only root can set 'hostpci0' config for non-mapped devices", "the mapping"),
+    ("no-gpu", "not found at 0000:01:00", "the card is seated and visible on the node"),
+])
+def test_lab_fault_hosts_fail_roll_back_and_explain(fault, quote, check):
+    d = _lab()
+    shared_client = object()
+    d.client = shared_client
+    d.use_lab_fault_host(fault)
+    try:
+        assert d.client is not shared_client
+        err = d.deploy_expecting_failure()
+        assert quote in str(err)
+        assert d.error_explanation_problems(err, check) == []
+        assert d.vm_state() == "absent"
+    finally:
+        d.end_scenario()
+    assert d.client is shared_client  # back on the target's host
+
+
+def test_lab_fault_host_with_an_unmanaged_vm_leaves_it_alone():
+    d = _lab()
+    before = d.use_lab_fault_host("unmanaged-vm-140")
+    try:
+        err = d.deploy_expecting_failure()
+        assert "did not create" in str(err)
+        assert d.lab_vm_snapshot(140) == before and before["status"] == "running"
+    finally:
+        d.close()
+
+
+def test_lab_faults_only_in_the_lab():
+    d = Deployment(target="proxmox", catalog_path=LAB)
+    with pytest.raises(DeployError, match="needs the lab"):
+        d.use_lab_fault_host("vfio-busy")
+    with pytest.raises(DeployError, match="unknown lab fault"):
+        _lab().use_lab_fault_host("meteor-strike")
