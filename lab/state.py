@@ -112,6 +112,13 @@ class LabPaths:
         return self.root / "lock"
 
     @property
+    def guest_session_lock(self) -> Path:
+        """flock held by a lab test (or demo) for as long as it uses the guest VM, so two test
+        runs never share/destroy each other's VM 140: ``LabLock(paths.guest_session_lock)
+        .acquire(wait=...)``. Independent of ``lock`` (held by the lab server itself)."""
+        return self.root / "guest-session.lock"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "lab.pid"
 
@@ -188,7 +195,8 @@ class LabLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self, wait: float = 0.0) -> "LabLock":
+    def acquire(self, wait: float = 0.0, what: str = "another lab is running on this machine",
+                ) -> "LabLock":
         import time
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +211,7 @@ class LabLock:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                     os.close(fd)
                     raise DeployError(
-                        what="another lab is running on this machine",
+                        what=what,
                         cause=f"{self.path} is locked" + (f" by pid {holder}" if holder else ""),
                         remedy="stop it with `python -m lab down` (or wait for its tests), "
                         "then retry",

@@ -628,11 +628,24 @@ class Deployment:
         jump = _as_text(setting(self.vm, "ssh.jump_host")) if _has(self.vm, "ssh.jump_host") else ""
         log = self.progress.on_output if self.progress is not None else None
         node = _as_text(setting(self.catalog, "proxmox.node")) if _has(self.catalog, "proxmox.node") else "pve"
-        self.session = remote.RemoteSession(
+        session = remote.RemoteSession(
             host, port, _as_text(setting(self.vm, "cloud_init.user")), key, jump_host=jump or None,
-            vm_identity=f"{node}/{_as_text(setting(self.vm, 'vmid'))}", log=log)
-        self.session.connect(wait_s=wait_s)
-        return self.session
+            vm_identity=f"{node}/{self.vmid}", vm_generation=self._vm_generation(), log=log)
+        with self.busy(f"waiting for SSH on {host}:{port}"):
+            session.connect(wait_s=wait_s)
+        self.session = session
+        return session
+
+    def _vm_generation(self) -> str | None:
+        """PVE's ``vmgenid`` of the VM (new for every re-created VM), so that the SSH host-key
+        pinning of :mod:`provisioners.remote` re-pins a re-created VM instead of refusing it.
+        None when the PVE side cannot be read (e.g. a guest reached without API access)."""
+        try:
+            live_mod = require("provisioners.vm.live", "issue #2, VM lifecycle")
+            live = live_mod.read_live(self.connect(), self.vmid)
+        except (DeployError, NotImplementedError):
+            return None
+        return None if live is None else (str(live.config.get("vmgenid") or "") or None)
 
     def reach(self) -> str:
         """Open the SSH session and return the guest's ``/etc/machine-id`` - an identity that

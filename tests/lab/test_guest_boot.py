@@ -39,6 +39,9 @@ def _lab(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def lab():
     """The lab's ready.json (starting the lab if needed; stopped again if this test started it)."""
     paths = state.paths()
+    # other lab test runs (other terminals, CI shards) wait here instead of sharing VM 140
+    session = state.LabLock(paths.guest_session_lock).acquire(
+        wait=1800, what="another lab test holds the guest VM")
     started = False
     if _lab("status").returncode != 0:
         proc = _lab("up")
@@ -51,6 +54,7 @@ def lab():
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert not [p for p in _qemu_pids()], "lab down left a qemu behind"
     paths.root.joinpath("boot-times.json").write_text(json.dumps(TIMES, indent=1) + "\n")
+    session.release()
 
 
 @pytest.fixture(scope="module")
