@@ -183,7 +183,8 @@ def cmd_profile(args) -> int:
     paths = state.paths()
     if args.name:
         server.set_profile(paths, args.name)
-        _say(f"GPU profile: {args.name} (used at the next guest start)")
+        running = " (the running lab switches within seconds)" if server_pid(paths) else ""
+        _say(f"GPU profile: {args.name}; the guest sees it from its next start{running}")
     else:
         _say(server.current_profile(paths))
     return 0

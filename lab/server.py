@@ -166,21 +166,42 @@ def set_profile(paths: state.LabPaths, name: str) -> str:
 
 
 # ------------------------------------------------------------------ artefacts (H5)
-def _start_artefacts(paths: state.LabPaths, ports: state.Ports):
-    """Build + serve the artefacts if ``lab.artefacts`` provides ``build_all``/``server.start``;
-    returns the handle (``.stop()``) or None with the reason logged."""
+def _start_artefacts(paths: state.LabPaths, ports: state.Ports, profile: str, img):
+    """Build + serve the artefacts (``lab.artefacts.build_all`` / ``lab.artefacts.server.start``)
+    plus ``/images/lab-debian-12.qcow2`` (the base image, for the catalog's cloud image URL).
+    Returns the handle (``.stop()``) or None with the reason logged when lab.artefacts is missing."""
     try:
         import lab.artefacts as artefacts
         from lab.artefacts import server as art_server
     except ImportError as exc:
         log.warning("artefact server not available (%s); the lab runs without it", exc)
         return None
-    if not hasattr(artefacts, "build_all") or not hasattr(art_server, "start"):
-        log.warning("lab.artefacts has no build_all()/server.start(); the lab runs without it")
-        return None
-    paths.artefacts_dir.mkdir(parents=True, exist_ok=True)
-    artefacts.build_all(paths.artefacts_dir)
-    return art_server.start(paths.artefacts_dir, state.LOOPBACK, ports.artefacts)
+    images = paths.root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    from lab.image import VOLUME_NAME
+    link = images / VOLUME_NAME
+    link.unlink(missing_ok=True)
+    link.symlink_to(img.qcow2)
+    (images / (VOLUME_NAME + ".sha256")).write_text(f"{img.sha256}  {VOLUME_NAME}\n")
+    artefacts.build_all(paths.root, profile=profile, port=ports.artefacts)
+    return art_server.start(paths.root, state.LOOPBACK, ports.artefacts, extra_dirs={"images": images})
+
+
+def _apply_profile(pve, paths: state.LabPaths, ports: state.Ports, name: str, art) -> None:
+    """Switch a running lab to GPU profile ``name``: PVE's PCI view, the guest's fw_cfg file
+    (read at the next qemu start) and the artefacts."""
+    from lab import profiles
+
+    prof = profiles.get_profile(name)
+    set_profile(paths, name)
+    pve_prof = prof.pve_profile()
+    if hasattr(pve, "pci_devices"):
+        pve.profile = pve_prof["name"]
+        pve.pci_devices = pve_prof["pci_devices"]
+        pve.iommu = pve_prof["iommu"]
+    if art is not None:
+        import lab.artefacts as artefacts
+        artefacts.build_all(paths.root, profile=name, port=ports.artefacts)
 
 
 # ------------------------------------------------------------------ serve
@@ -212,7 +233,8 @@ async def _serve(paths: state.LabPaths, ports: state.Ports, stop: asyncio.Event)
     watcher = None
     try:
         await pve.start(str(cert), str(key))
-        art = await asyncio.get_running_loop().run_in_executor(None, _start_artefacts, paths, ports)
+        loop = asyncio.get_running_loop()
+        art = await loop.run_in_executor(None, _start_artefacts, paths, ports, profile, img)
         watcher = asyncio.ensure_future(pve.watch())
         info = {
             "pid": os.getpid(), "pve_url": f"https://{state.LOOPBACK}:{ports.pve}",
@@ -223,6 +245,14 @@ async def _serve(paths: state.LabPaths, ports: state.Ports, stop: asyncio.Event)
         }
         log.info("lab ready: %s", json.dumps(info))
         while not stop.is_set():
+            wanted = current_profile(paths)
+            if wanted != info["profile"]:
+                try:
+                    await loop.run_in_executor(None, _apply_profile, pve, paths, ports, wanted, art)
+                    log.info("GPU profile now %s (the guest sees it from its next start)", wanted)
+                except Exception as exc:  # noqa: BLE001 - keep the lab running on a bad switch
+                    log.error("switching to GPU profile %s failed: %s", wanted, exc)
+                info["profile"] = wanted
             _write_json(paths.ready, {**info, **pve.status()})
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)

@@ -252,7 +252,9 @@ def _version(what: str, example: str) -> Callable[[Any], str]:
 
 Str = Annotated[str, Field(min_length=1)]
 PositiveInt = Annotated[int, Gt(0)]
-Seconds = Annotated[int, Gt(0)]
+#: A wait in seconds, at most a day: PVE's own task timeouts stop there (``qm start --timeout``
+#: is 0-86400, qm(1)), and a larger value overflows the socket timeout of the HTTP client.
+Seconds = Annotated[int, Gt(0), Le(86_400)]
 Port = Annotated[int, Ge(1), Le(65535)]
 MiB = Annotated[int, BeforeValidator(_size("MiB")), Gt(0)]
 GiB = Annotated[int, BeforeValidator(_size("GiB")), Gt(0)]

@@ -12,7 +12,7 @@ from provisioners.catalog.checks import cross_checks, secret_keys
 from provisioners.catalog.errors import CatalogIssue, all_issues, single_issue
 from provisioners.catalog.model import Catalog
 from provisioners.catalog.schema_issues import merge_typos, schema_issues
-from provisioners.catalog.yamlpos import duplicate_keys, load_yaml, yaml11_booleans
+from provisioners.catalog.yamlpos import duplicate_keys, load_yaml, offset_position, yaml11_booleans
 
 #: The catalog the tool uses when none is named: ``<repo root>/infrastructure-catalog.yml``.
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "infrastructure-catalog.yml"
@@ -39,14 +39,24 @@ def load_catalog(path: str | os.PathLike[str] | None = None, *, check_files: boo
     file = Path(path if path is not None else DEFAULT_CATALOG).expanduser()
     file = Path(os.path.abspath(file))
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, col = offset_position(raw, err.start)
+        raise single_issue(file, "", line, col, f"byte 0x{raw[err.start]:02x} is not UTF-8 text",
+                           "a UTF-8 text file",
+                           "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`); a binary file is no "
+                           "catalog") from None
     except FileNotFoundError:
         raise single_issue(file, "", 0, 0, "catalog file not found",
                            fix="check the path, or name another catalog (CATALOG=PATH / -D catalog=PATH)") from None
     except IsADirectoryError:
         raise single_issue(file, "", 0, 0, "is a directory, not a catalog file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise single_issue(file, "", 0, 0, f"cannot read the catalog: {err}") from None
+    except PermissionError:
+        raise single_issue(file, "", 0, 0, "cannot read the catalog: permission denied",
+                           fix="make it readable by this user (chmod/chown)") from None
+    except OSError as err:
+        raise single_issue(file, "", 0, 0, f"cannot read the catalog: {err.strerror or err}") from None
     return parse_catalog(text, file=file, check_files=check_files)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from annotated_types import Ge, Le
+from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from provisioners.catalog.fields import (
@@ -231,7 +231,10 @@ class VmSpec(_Model):
 
     name: VmName = Field(description="the VM name, a DNS name such as vm-llm-aimachine")
     vmid: Annotated[int, Ge(100), Le(999_999_999)] = Field(description="the VMID, an integer 100-999999999")
-    cores: PositiveInt = Field(description="the number of vCPU cores, a positive integer")
+    # At most 4096: QEMU's q35 machine accepts no more vCPUs; PVE itself refuses more than the
+    # node has (checked in pre-flight against /nodes maxcpu).
+    cores: Annotated[int, Gt(0), Le(4096)] = Field(
+        description="the number of vCPU cores, a positive integer (at most the node's CPU count)")
     memory_mib: MiB = Field(description="the RAM in MiB, an integer (50 GiB = 51200)")
     disk: DiskSpec = Field(description="storage and size_gib")
     efidisk_storage: StorageId = Field(description="the PVE storage ID for the EFI vars disk")

@@ -33,9 +33,12 @@ def load_yaml(text: str, file: Path | None,
         CatalogError: the text is not valid YAML (with the line:column PyYAML reports).
     """
     try:
+        _check_depth(text, file)
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
+            if root is not None:
+                _check_expansion(root, file)
             # Before constructing: merge keys (<<) are flattened into the node tree in place.
             early = inspect(root) if isinstance(root, yaml.MappingNode) else []
             data = loader.construct_document(root) if root is not None else None
@@ -47,9 +50,81 @@ def load_yaml(text: str, file: Path | None,
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         fix = "see the YAML around this position (indentation, quotes, ':')"
         raise single_issue(file, "", line, col, message, fix=fix) from None
+    except yaml.reader.ReaderError as err:
+        # Control characters (NUL, BEL...) that YAML forbids; PyYAML gives a character offset only.
+        line, col = offset_position(text, err.position)
+        raise single_issue(file, "", line, col, f"character U+{err.character:04X} is not allowed in YAML",
+                           "printable text", "remove it (an editor may show it as ^@ or not at all)") from None
     except yaml.YAMLError as err:
-        raise single_issue(file, "", 0, 0, f"not valid YAML: {err}") from None
+        raise single_issue(file, "", 0, 0, f"not valid YAML: {' '.join(str(err).split())}") from None
     return root, data, early
+
+
+#: Deepest nesting of mappings/sequences accepted. The catalog needs about 6 levels; PyYAML's
+#: composer (and the checks below) recurse once per level, so thousands would end in a
+#: RecursionError instead of a message.
+MAX_DEPTH = 64
+#: Most nodes the document may have once aliases (``*name``) are expanded. The catalog has a few
+#: hundred; a "billion laughs" document of nested aliases expands to millions and would keep
+#: the loader busy for minutes.
+MAX_EXPANDED_NODES = 100_000
+
+
+def _check_depth(text: str, file: Path | None) -> None:
+    """Raise CatalogError at the first collection nested deeper than :data:`MAX_DEPTH`. Uses
+    PyYAML's event stream, which (unlike composing) does not recurse."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise single_issue(file, "", event.start_mark.line + 1, event.start_mark.column + 1,
+                                   f"the YAML nests more than {MAX_DEPTH} levels deep",
+                                   "a catalog a few levels deep",
+                                   "close the brackets or fix the indentation around this position")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _check_expansion(root: yaml.Node, file: Path | None) -> None:
+    """Raise CatalogError when an alias refers to a collection that contains it (a cycle, which
+    every walk over the tree would follow forever) or when aliases expand the document beyond
+    :data:`MAX_EXPANDED_NODES` nodes. Each node is sized once (aliases share their node)."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            line, col = mark(node)
+            raise single_issue(file, "", line, col, "an alias refers to the collection that contains it "
+                                                    "(a recursive anchor)", "aliases to earlier, complete values",
+                               "remove the alias (*name) from inside its own anchor (&name)")
+        on_path.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        on_path.discard(key)
+        sizes[key] = total
+        if total > MAX_EXPANDED_NODES:
+            line, col = mark(node)
+            raise single_issue(file, "", line, col, f"aliases expand this value to more than {MAX_EXPANDED_NODES} "
+                                                    "YAML nodes", "a catalog of at most a few thousand values",
+                               "write the values out instead of nesting aliases (*name) of aliases")
+        return total
+
+    size(root)
+
+
+def offset_position(data: str | bytes, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of the character (or byte) at ``offset`` in ``data``."""
+    newline = "\n" if isinstance(data, str) else b"\n"
+    line = data.count(newline, 0, offset) + 1
+    return line, offset - (data.rfind(newline, 0, offset) + 1) + 1
 
 
 def loc_to_path(loc: Loc) -> str:

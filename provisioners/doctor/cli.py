@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity", "-i", default="~/.ssh/id_ed25519", help="SSH private key for --ssh")
     parser.add_argument("--save", metavar="DIR", help="also write the collected captures to DIR (with --local/--ssh)")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of text")
+    parser.add_argument("--troubleshooting", action="store_true",
+                        help="print the troubleshooting tables (Markdown: every finding the doctor knows and the "
+                             "Proxmox failures the deployer explains, from real examples); needs no source")
 
 
 def _read_directory(path: Path) -> dict[str, str]:
@@ -46,11 +49,22 @@ def _read_directory(path: Path) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the doctor; prints text or JSON (redacted). Returns 0 (no finding) or 3 (findings).
+    With ``--troubleshooting``: prints the README's troubleshooting Markdown and returns 0.
 
     Raises:
-        DeployError: no or several sources given, unreadable input, SSH failure.
+        DeployError: no or several sources given (or a source with --troubleshooting), unreadable
+            input, SSH failure.
     """
     sources = [s for s in (args.directory, args.transcript, args.local or None, args.ssh) if s]
+    if getattr(args, "troubleshooting", False):
+        if sources:
+            raise DeployError("--troubleshooting takes no source",
+                              cause="it prints the tables from built-in examples, not a diagnosis",
+                              remedy="run `python -m provisioners doctor --troubleshooting` alone")
+        # imported here: it pulls in the Proxmox side, which a diagnosis does not need
+        from provisioners.doctor.troubleshooting import markdown_table
+        print(markdown_table())
+        return 0
     if len(sources) != 1:
         raise DeployError("doctor needs exactly one source",
                           cause=f"got {len(sources)}: give DIR, --from TRANSCRIPT, --local or --ssh USER@HOST",

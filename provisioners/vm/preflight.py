@@ -166,6 +166,21 @@ def check_memory(client: PveClient, vm: Any) -> list[Finding]:
     return []
 
 
+def check_cpus(client: PveClient, vm: Any) -> list[Finding]:
+    """``vm.cores`` against the node's CPU count (``GET /nodes`` ``maxcpu``, logical CPUs): PVE
+    refuses to start a VM with more vCPUs than that (qemu-server: "MAX n vcpus allowed per VM on
+    this node"), which would only show after the VM was created."""
+    for item in client.get("/nodes") or []:
+        if item.get("node") == client.node and item.get("maxcpu"):
+            have = int(item["maxcpu"])
+            if int(vm.cores) > have:
+                return [Finding("error", f"VM {vm.vmid} wants {vm.cores} cores, node {client.node} has {have} CPUs "
+                                         "(PVE starts no VM with more vCPUs than the node has)",
+                                f"lower cores to at most {have}")]
+            return [Finding("info", f"node {client.node}: {have} CPUs")]
+    return []
+
+
 def check_image(client: PveClient, catalog: Any, vm: Any) -> list[Finding]:
     volid = image_volid(catalog, vm)
     storage = volid.split(":", 1)[0]
@@ -208,6 +223,8 @@ def preflight(client: PveClient, catalog: Any, vm: Any) -> list[Finding]:
     findings += vmid_findings
     findings += check_gpu(client, vm)
     findings += check_mapping(client, vm)
+    if live is None or (live.kind == "qemu" and has_marker(live.config)):
+        findings += check_cpus(client, vm)
     if live is None:
         findings += check_storage(client, vm.disk.storage, int(vm.disk.size_gib) * GiB, "images",
                                   f"disk of {vm.disk.size_gib} GiB")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,30 @@ API_KEY = "lab-vllm-key-7f3a9c1e5b2d"  # a throwaway key for the lab only
 FAULT = "/etc/lab/faults/vllm-crash-once"
 
 
+def _session(dep, store):
+    """The run's SSH session, pinned in this test's own known-hosts store under the VM's
+    ``vmgenid`` (the shared store may hold the key of an earlier incarnation of VM 140)."""
+    from provisioners.remote import RemoteSession
+
+    vm = dep.vm
+    key = Path(str(vm.ssh.private_key_file)).expanduser()
+    if not key.is_absolute():
+        key = dep.catalog_path.parent / key
+    session = RemoteSession(vm.ssh_host, vm.ssh.port, vm.cloud_init.user, key,
+                            known_hosts_store=store, vm_identity=f"lab/{vm.vmid}",
+                            vm_generation=dep.vm_config().get("vmgenid"))
+    session.connect(wait_s=600)
+    return session
+
+
 @pytest.fixture(scope="module")
-def deployment():
+def deployment(tmp_path_factory):
     dep = Deployment(target="lab")
     dep.load_and_validate(check_files=False)
     dep.ensure_lab()
     dep.load_and_validate(check_files=True)
     dep.ensure_vm()
+    dep.session = _session(dep, tmp_path_factory.mktemp("pins") / "known_hosts.json")
     dep.bootstrap_guest()
     dep.converge("driver")
     try:
