@@ -117,7 +117,6 @@ class Deployment:
     scenario: str = ""
     last_plan: list[Change] = field(default_factory=list)
     last_error: DeployError | None = None
-    service_snapshot: dict[str, dict[str, str]] = field(default_factory=dict)
     last_checks: list[Any] | None = None
     files_checked: bool = False
     lab_started: bool = False

@@ -125,7 +125,8 @@ class Progress:
 
     def heartbeat(self, label: str) -> "Heartbeat":
         """Context manager printing ``   ... <label>: <elapsed>`` every ``heartbeat_s`` seconds
-        while a long, silent operation runs (task wait, reboot, model download)."""
+        (every ``4 * heartbeat_s`` after the first four) while a long, silent operation runs
+        (task wait, reboot, model download)."""
         return Heartbeat(self, label)
 
     # -- summary ----------------------------------------------------------------------------
@@ -201,7 +202,11 @@ class Heartbeat:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.progress.heartbeat_s):
+        # Every heartbeat_s for the first four beats, then every 4 x heartbeat_s (15 s -> 1 min):
+        # a 20-minute install should not print 80 lines.
+        beats = 0
+        while not self._stop.wait(self.progress.heartbeat_s * (1 if beats < 4 else 4)):
+            beats += 1
             self.progress.line(f"   ... {self.label}: {format_duration(self.progress.clock() - self._start)}")
 
     def __exit__(self, *exc) -> None:

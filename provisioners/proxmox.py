@@ -52,7 +52,7 @@ _LOCK_TEXTS = ("can't lock file", "VM is locked")
 
 __all__ = [
     "Credentials", "RetryPolicy", "PveClient", "PveApiError", "PveConnectionLost", "PveTaskFailed",
-    "PveTaskTimeout", "connect", "credentials_from_env", "is_task_ok",
+    "PveTaskTimeout", "PveUnreachable", "brief", "connect", "credentials_from_env", "is_task_ok",
 ]
 
 
@@ -64,7 +64,15 @@ class PveApiError(DeployError):
 
     def __init__(self, what: str, status: int, message: str, errors: Any = None, command: str | None = None,
                  remedy: str = "") -> None:
-        detail = message + (f" {errors}" if errors else "")
+        if isinstance(errors, dict) and list(errors) == ["errors"]:
+            errors = errors["errors"]  # proxmoxer's wrapping of a body that is not JSON
+        if isinstance(errors, (bytes, bytearray)):
+            errors = errors.decode("utf-8", "replace")
+        if isinstance(errors, str):
+            # Not PVE's JSON but a body (a proxy's HTML page): its text, without tags, in brief.
+            errors = " ".join(re.sub(r"<[^>]*>", " ", errors).split())[:200]
+            errors = "" if errors in message else errors
+        detail = redact(message + (f" {errors}" if errors else ""))
         super().__init__(what=what, cause=f"PVE answered HTTP {status}: {detail}", remedy=remedy, command=command)
         self.status = status
         self.message = message
@@ -73,6 +81,28 @@ class PveApiError(DeployError):
 
 class PveConnectionLost(DeployError):
     """A write's connection broke: PVE may or may not have carried it out. Look before repeating."""
+
+
+class PveUnreachable(DeployError):
+    """PVE did not answer a read (connection refused/reset, timeout) even after the retries."""
+
+
+def brief(err: BaseException) -> str:
+    """A short, redacted reason for a requests/urllib3 error: ``[Errno 111] Connection refused``,
+    ``RemoteDisconnected: Remote end closed connection without response``, ``ReadTimeout``...
+    requests nests urllib3's pool/adapter texts several levels deep; operators need the last one."""
+    text = " ".join(str(err).split())
+    if isinstance(err, requests.exceptions.Timeout):
+        return redact(f"{type(err).__name__}: no answer within the HTTP timeout")
+    m = re.search(r"\[(?:SSL|X509|PEM|ASN1): [A-Z0-9_]+\][^'\"()]*", text) or re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if m:
+        return redact(m.group(0).strip())
+    m = re.search(r"(RemoteDisconnected|ConnectionResetError|ConnectionAbortedError|BrokenPipeError|"
+                  r"IncompleteRead|ProtocolError)\(([^)]*)\)", text)
+    if m:
+        quoted = re.findall(r"['\"]([^'\"]+)['\"]", m.group(2))
+        return redact(f"{m.group(1)}: {quoted[-1] if quoted else m.group(2)}".rstrip(": "))
+    return redact(f"{type(err).__name__}: {text[:200]}")
 
 
 class PveTaskFailed(DeployError):
@@ -146,6 +176,26 @@ def _secret(name: str) -> str | None:
     return get_secret(name)
 
 
+def _clean_secret(name: str, value: str | None, *, header: bool = False) -> str | None:
+    """``value`` without the line break a copy/paste or ``$(cat file)`` leaves at its ends (and,
+    for a token, without surrounding blanks); registered for redaction in that form too.
+
+    ``header``: the value travels in the ``Authorization`` HTTP header, which cannot carry control
+    or non-ASCII characters; http.client would raise with the whole header - the secret - in its
+    message, so such a value is refused here, naming the variable and never the value.
+    """
+    if value is None:
+        return None
+    value = value.strip() if header else value.strip("\r\n")
+    register_secret(value)
+    if header and any(ord(c) < 33 or ord(c) > 126 for c in value):
+        raise DeployError(f"{name} contains characters an HTTP header cannot carry (blanks, control or "
+                          "non-ASCII characters)",
+                          remedy="copy the token secret again from PVE (a UUID: "
+                                 "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    return value or None
+
+
 def credentials_from_env() -> Credentials:
     """Credentials from ``PROXMOX_USER``, ``PROXMOX_TOKEN_NAME`` + ``PROXMOX_TOKEN_SECRET`` or
     ``PROXMOX_PASSWORD``. ``PROXMOX_TOKEN_ID=USER@REALM!TOKENID`` may replace user + token name.
@@ -155,6 +205,9 @@ def credentials_from_env() -> Credentials:
     token_id = os.environ.get("PROXMOX_TOKEN_ID", "").strip()
     if token_id and "!" in token_id:  # USER@REALM!TOKENID, the form PVE prints
         user, token_name = token_id.split("!", 1)
+    if token_id and "!" not in token_id and not token_name:
+        raise DeployError("bad PROXMOX_TOKEN_ID", cause=f"{token_id!r} has no '!TOKENID' part",
+                          remedy="write it as PVE shows it: USER@REALM!TOKENID, e.g. deployer@pve!ci")
     remedy = ("set PROXMOX_USER (e.g. deployer@pve) and either PROXMOX_TOKEN_NAME + PROXMOX_TOKEN_SECRET "
               "(API token) or PROXMOX_PASSWORD (root@pam ticket login); see README.md")
     if not user:
@@ -162,12 +215,12 @@ def credentials_from_env() -> Credentials:
     if "@" not in user:
         raise DeployError("bad PROXMOX_USER", cause=f"{user!r} has no realm", remedy="write it as name@realm, e.g. root@pam")
     if token_name:
-        secret = _secret("PROXMOX_TOKEN_SECRET")
+        secret = _clean_secret("PROXMOX_TOKEN_SECRET", _secret("PROXMOX_TOKEN_SECRET"), header=True)
         if not secret:
             raise DeployError("no Proxmox token secret", cause="PROXMOX_TOKEN_NAME is set but PROXMOX_TOKEN_SECRET is not",
                               remedy=remedy)
         return Credentials(user=user, token_name=token_name, token_secret=secret)
-    password = _secret("PROXMOX_PASSWORD")
+    password = _clean_secret("PROXMOX_PASSWORD", _secret("PROXMOX_PASSWORD"))
     if not password:
         raise DeployError("no Proxmox credentials", cause="neither PROXMOX_TOKEN_NAME nor PROXMOX_PASSWORD is set",
                           remedy=remedy)
@@ -224,7 +277,10 @@ class PveClient:
 
     def _login(self) -> None:
         c = self.credentials
-        kwargs: dict[str, Any] = dict(host=f"{self.host}:{self.port}", user=c.user, verify_ssl=self.verify,
+        # An IPv6 address keeps its brackets: proxmoxer splits "HOST:PORT" at the last ':' only
+        # when the host is bracketed, and would otherwise read "fd00::10:8006" as a host on port 8006.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        kwargs: dict[str, Any] = dict(host=f"{host}:{self.port}", user=c.user, verify_ssl=self.verify,
                                       timeout=self.timeout_s)
         if c.is_token:
             kwargs.update(token_name=c.token_name, token_value=c.token_secret)
@@ -238,6 +294,18 @@ class PveClient:
                     self._api = ProxmoxAPI(**kwargs)
                 except requests.exceptions.SSLError as err:
                     raise self._tls_error(err) from None
+                except _TRANSIENT:
+                    raise
+                except requests.exceptions.RequestException as err:
+                    raise DeployError(f"login to {self.endpoint} failed", cause=brief(err),
+                                      remedy="check that proxmox.endpoint is the PVE API (https://HOST:8006)") from None
+                except (KeyError, TypeError, ValueError) as err:
+                    # proxmoxer reads data.ticket from the answer: something else answered. The
+                    # error's text is withheld: a ValueError of http.client quotes request headers.
+                    raise DeployError(f"login to {self.endpoint} failed: the answer is not PVE's",
+                                      cause=f"{type(err).__name__} reading the login answer",
+                                      remedy="check that proxmox.endpoint is the PVE API (https://HOST:8006), "
+                                             "not a proxy or another web server") from None
                 except AuthenticationError as err:
                     raise DeployError(f"login to {self.endpoint} as {c.user} failed", cause=redact(str(err)),
                                       remedy="check PROXMOX_USER / PROXMOX_PASSWORD (a password login needs the "
@@ -246,7 +314,7 @@ class PveClient:
 
     def _tls_error(self, err: Exception) -> DeployError:
         return DeployError(
-            f"TLS verification of {self.endpoint} failed", cause=redact(str(err)),
+            f"TLS verification of {self.endpoint} failed", cause=brief(err),
             remedy="set proxmox.ca_file to the PVE CA (/etc/pve/pve-root-ca.pem on the node); only for a lab, "
                    "--insecure turns verification off")
 
@@ -254,8 +322,8 @@ class PveClient:
         def before_sleep(state) -> None:
             self.retries += 1
             err = state.outcome.exception() if state.outcome else None
-            log.warning(redact(f"{what}: {type(err).__name__}: {err}; retry {state.attempt_number} "
-                               f"in {state.next_action.sleep:.1f} s"))
+            reason = brief(err) if err is not None else "?"
+            log.warning(redact(f"{what}: {reason}; retry {state.attempt_number} in {state.next_action.sleep:.1f} s"))
         return before_sleep
 
     def _resource(self, path: str):
@@ -289,6 +357,25 @@ class PveClient:
                 continue
             except requests.exceptions.SSLError as err:
                 raise self._tls_error(err) from None
+            except _TRANSIENT:
+                raise  # the verbs decide: reads are retried, writes are looked at first
+            except (ValueError, UnicodeError) as err:
+                header = isinstance(err, requests.exceptions.InvalidHeader)
+                if isinstance(err, requests.exceptions.RequestException) and not header:
+                    raise DeployError(f"{method} {path} to {self.endpoint} failed", cause=brief(err),
+                                      command=f"{method} {path}") from None
+                # requests/http.client refusing a header value: the message quotes the header,
+                # which holds the token secret - so only the kind of error is shown.
+                raise DeployError(f"{method} {path} to {self.endpoint} could not be sent",
+                                  cause=f"{type(err).__name__} while building the request (its text is withheld: "
+                                        "it may contain the credentials)",
+                                  remedy="check PROXMOX_USER / PROXMOX_TOKEN_ID / PROXMOX_TOKEN_SECRET for stray "
+                                         "blanks or non-ASCII characters", command=f"{method} {path}") from None
+            except requests.exceptions.RequestException as err:
+                # Not PVE's answer (a proxy, a redirect loop, a broken stream): nothing to retry.
+                raise DeployError(f"{method} {path} to {self.endpoint} failed", cause=brief(err),
+                                  remedy="check that proxmox.endpoint is the PVE API (https://HOST:8006)",
+                                  command=f"{method} {path}") from None
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -308,11 +395,19 @@ class PveClient:
 
     def get(self, path: str, /, **params: Any) -> Any:
         """GET ``path``; retried with backoff on connection errors/timeouts (reads are safe)."""
-        for attempt in Retrying(stop=stop_after_attempt(self.retry.attempts), reraise=True,
-                                wait=wait_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s),
-                                retry=retry_if_exception_type(_TRANSIENT), before_sleep=self._note_retry(f"GET {path}")):
-            with attempt:
-                return self._call("GET", path, params)
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(self.retry.attempts), reraise=True,
+                                    wait=wait_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s),
+                                    retry=retry_if_exception_type(_TRANSIENT),
+                                    before_sleep=self._note_retry(f"GET {path}")):
+                with attempt:
+                    return self._call("GET", path, params)
+        except _TRANSIENT as err:
+            raise PveUnreachable(f"PVE at {self.endpoint} did not answer GET {path}",
+                                 cause=f"{brief(err)} ({self.retry.attempts} tries)",
+                                 remedy="check the network path to the PVE API and that pveproxy runs, then run "
+                                        "again (what was done so far is reported above)",
+                                 command=f"GET {path}") from None
         raise AssertionError("unreachable")
 
     def post(self, path: str, /, **data: Any) -> Any:
@@ -345,12 +440,12 @@ class PveClient:
                 transient_tries += 1
                 if not idempotent or transient_tries >= self.retry.attempts:
                     raise PveConnectionLost(
-                        f"connection lost during {method} {path}", cause=redact(f"{type(err).__name__}: {err}"),
+                        f"connection lost during {method} {path}", cause=brief(err),
                         remedy="PVE may or may not have carried it out; the deployer checks before repeating",
                         command=f"{method} {path}") from None
                 delay = min(self.retry.initial_s * 2 ** (transient_tries - 1), self.retry.max_s)
                 self.retries += 1
-                log.warning(redact(f"{method} {path}: {type(err).__name__}; idempotent, retry in {delay:.1f} s"))
+                log.warning(redact(f"{method} {path}: {brief(err)}; idempotent, retry in {delay:.1f} s"))
                 time.sleep(delay)
             except PveApiError as err:
                 locked = any(t in err.message for t in _LOCK_TEXTS)
@@ -448,6 +543,16 @@ class PveClient:
 
 # --------------------------------------------------------------------------- connect
 
+def _holds_pem_certificate(path: str) -> bool:
+    """True if ``path`` can be read and has a PEM ``BEGIN CERTIFICATE`` block (what OpenSSL's CA
+    loading needs; anything else fails later as an obscure X509 error on the first request)."""
+    try:
+        with open(path, "rb") as fh:
+            return b"-----BEGIN CERTIFICATE-----" in fh.read(1024 ** 2)
+    except OSError:
+        return False
+
+
 def connect(catalog: Any, *, insecure: bool = False, credentials: Credentials | None = None,
             endpoint: str | None = None, ca_file: str | None = None, retry: RetryPolicy | None = None,
             timeout_s: float | None = None) -> PveClient:
@@ -476,6 +581,10 @@ def connect(catalog: Any, *, insecure: bool = False, credentials: Credentials | 
         if ca and not os.path.isfile(os.path.expanduser(str(ca))):
             raise DeployError("proxmox.ca_file not found", cause=str(ca), remedy="copy /etc/pve/pve-root-ca.pem "
                               "from the node and point proxmox.ca_file at it")
+        if ca and not _holds_pem_certificate(os.path.expanduser(str(ca))):
+            raise DeployError("proxmox.ca_file holds no PEM certificate", cause=str(ca),
+                              remedy="copy /etc/pve/pve-root-ca.pem from the node (it starts with "
+                                     "-----BEGIN CERTIFICATE-----) and point proxmox.ca_file at it")
         verify = os.path.expanduser(str(ca)) if ca else True
     timeout = timeout_s if timeout_s is not None else max(MIN_HTTP_TIMEOUT_S, float(getattr(px, "timeout_s", 0) or 0))
     url = endpoint or str(px.endpoint)
@@ -483,7 +592,8 @@ def connect(catalog: Any, *, insecure: bool = False, credentials: Credentials | 
         client = PveClient(url, px.node, credentials or credentials_from_env(), verify=verify,
                            timeout_s=timeout, retry=retry)
         client.get("/version")
-    except _TRANSIENT as err:
-        raise DeployError(f"cannot reach the Proxmox API at {url}", cause=redact(f"{type(err).__name__}: {err}"),
+    except (*_TRANSIENT, PveUnreachable) as err:
+        cause = err.cause if isinstance(err, PveUnreachable) else brief(err)
+        raise DeployError(f"cannot reach the Proxmox API at {url}", cause=cause,
                           remedy="check proxmox.endpoint, the network path and that pveproxy runs") from None
     return client

@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -202,16 +203,48 @@ def _check_key_files(issues: _Issues, here: Loc, vm: VmSpec) -> None:
         issues.add(here + ("cloud_init", "ssh_public_key_file"), problem[0], "a readable OpenSSH public key file",
                    problem[1])
     priv = vm.ssh.private_key_file
-    _check_readable(issues, here + ("ssh", "private_key_file"), priv, "the private key of the public key",
+    loc = here + ("ssh", "private_key_file")
+    before = len(issues)
+    _check_readable(issues, loc, priv, "the private key of the public key",
                     f"create a key pair with ssh-keygen -t ed25519 -f {priv}", "a readable private key",
                     f"check the owner and mode of {priv}")
+    if len(issues) == before and _looks_public(priv):
+        issues.add(loc, f"{priv} is a public key, not the private key", "the private key of the public key",
+                   f"point at {priv.with_suffix('') if priv.suffix == '.pub' else 'the file without .pub'}")
+
+
+def _looks_public(path: Path) -> bool:
+    """True if ``path`` starts like an OpenSSH public key line (``ssh-ed25519 AAAA...``)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64).decode("ascii", "replace").split()
+    except OSError:
+        return False
+    return bool(head) and head[0] in _KEY_TYPES
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file (``"... does not exist"``, ``"... is a directory"``...), or
+    None. Never raises: a name too long for the file system or a loop of links is a reason too."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{path} does not exist"
+    except (OSError, ValueError) as err:
+        return f"{path} cannot be looked at: {getattr(err, 'strerror', None) or err}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path} is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"  # a FIFO or device would block or mislead the reads
+    return None
 
 
 def _check_readable(issues: _Issues, loc: Loc, path: Path, expected: str, fix_missing: str,
                     expected_readable: str, fix_unreadable: str = "") -> None:
     """``path`` is a file this user can read."""
-    if not path.is_file():
-        issues.add(loc, f"{path} does not exist", expected, fix_missing)
+    problem = _not_a_file(path)
+    if problem:
+        issues.add(loc, problem, expected, fix_missing if problem.endswith("does not exist") else "")
     elif not os.access(path, os.R_OK):
         issues.add(loc, f"{path} is not readable by this user", expected_readable, fix_unreadable)
 
@@ -235,10 +268,9 @@ def _check_public_key(path: Path) -> tuple[str, str] | None:
     format of ``ssh-keygen``/sshd ``authorized_keys``, see sshd(8) AUTHORIZED_KEYS FILE FORMAT),
     else (problem, fix). The file's content is never echoed: it might be a private key."""
     gen = f"create one with ssh-keygen -t ed25519 -f {path.with_suffix('') if path.suffix == '.pub' else path}"
-    if not path.exists():
-        return f"{path} does not exist", gen
-    if not path.is_file():
-        return f"{path} is not a file", "point at the .pub file"
+    problem = _not_a_file(path)
+    if problem:
+        return problem, gen if problem.endswith("does not exist") else "point at the .pub file"
     try:
         with path.open("rb") as fh:
             data = fh.read(65536)

@@ -139,6 +139,11 @@ def _resolve_path(value: Any, info: ValidationInfo) -> Path:
     text = _need_str(value, "a file path (relative paths are relative to the catalog file; ~ is expanded)")
     if not text.strip():
         raise fail("path", "the path is empty", "a file path")
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        # A NUL cannot be in a file name at all; others are almost always a stray escape ("\t").
+        raise fail("path", f"the path contains the control character U+{ord(bad):04X}", "a file path",
+                   "remove it; in double quotes YAML reads \\t, \\0... as control characters")
     path = Path(text).expanduser()
     if not path.is_absolute():
         base = (info.context or {}).get("base_dir") or Path.cwd()

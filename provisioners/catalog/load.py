@@ -12,12 +12,15 @@ from provisioners.catalog.checks import cross_checks, secret_keys
 from provisioners.catalog.errors import CatalogIssue, all_issues, single_issue
 from provisioners.catalog.model import Catalog
 from provisioners.catalog.schema_issues import merge_typos, schema_issues
-from provisioners.catalog.yamlpos import duplicate_keys, load_yaml, offset_position, yaml11_booleans
+from provisioners.catalog.yamlpos import (duplicate_keys, load_yaml, non_text_keys, offset_position,
+                                          yaml11_booleans)
 
 #: The catalog the tool uses when none is named: ``<repo root>/infrastructure-catalog.yml``.
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "infrastructure-catalog.yml"
 
 _TOP_LEVEL = "a mapping with version, proxmox, network, images and vms"
+#: Bytes; a catalog is a few KiB.
+MAX_CATALOG_BYTES = 1024 ** 2
 
 
 def default_catalog_path() -> Path:
@@ -39,7 +42,12 @@ def load_catalog(path: str | os.PathLike[str] | None = None, *, check_files: boo
     file = Path(path if path is not None else DEFAULT_CATALOG).expanduser()
     file = Path(os.path.abspath(file))
     try:
-        raw = file.read_bytes()
+        with file.open("rb") as fh:
+            # Bounded: /dev/zero or a mistyped path to a disk image must not eat the memory.
+            raw = fh.read(MAX_CATALOG_BYTES + 1)
+        if len(raw) > MAX_CATALOG_BYTES:
+            raise single_issue(file, "", 0, 0, f"is larger than {MAX_CATALOG_BYTES // 1024 ** 2} MiB; not a catalog",
+                               "a YAML catalog of a few KiB", "check the path") from None
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line, col = offset_position(raw, err.start)
@@ -61,7 +69,7 @@ def load_catalog(path: str | os.PathLike[str] | None = None, *, check_files: boo
 
 
 def _tree_issues(root: yaml.MappingNode) -> list[CatalogIssue]:
-    return duplicate_keys(root) + secret_keys(root) + yaml11_booleans(root)
+    return duplicate_keys(root) + secret_keys(root) + yaml11_booleans(root) + non_text_keys(root)
 
 
 def parse_catalog(text: str, *, file: Path | None = None, check_files: bool = True) -> Catalog:

@@ -126,6 +126,8 @@ def schema_issues(errors: list[dict[str, Any]], root: yaml.Node, skip_paths: set
     issues: list[CatalogIssue] = []
     seen: set[str] = set()
     for error in errors:
+        if error["type"] == "invalid_key":
+            continue  # keys that are not text: reported from the YAML tree (yamlpos.non_text_keys)
         issue = issue_from_pydantic(error, root)
         if issue.path in seen or issue.path in skip_paths:
             continue

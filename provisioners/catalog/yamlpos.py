@@ -49,6 +49,8 @@ def load_yaml(text: str, file: Path | None,
         message = "YAML syntax error: " + " ".join(str(p) for p in (err.context, err.problem) if p)
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         fix = "see the YAML around this position (indentation, quotes, ':')"
+        if "'\\t'" in message:
+            fix = "indent with spaces: YAML does not allow tabs for indentation"
         raise single_issue(file, "", line, col, message, fix=fix) from None
     except yaml.reader.ReaderError as err:
         # Control characters (NUL, BEL...) that YAML forbids; PyYAML gives a character offset only.
@@ -219,6 +221,28 @@ def duplicate_keys(root: yaml.Node) -> list[CatalogIssue]:
                         "remove one of them; YAML would silently keep only the last"))
                 else:
                     first[k.value] = k
+            visit(child, child_loc)
+
+    visit(root, ())
+    return issues
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def non_text_keys(root: yaml.Node) -> list[CatalogIssue]:
+    """Mapping keys YAML reads as something other than text (``7:``, ``true:``, ``~:``, ``1.5:``,
+    a list): every catalog key is a name, and pydantic would only say "Keys should be strings"."""
+    issues: list[CatalogIssue] = []
+
+    def visit(node: yaml.Node, loc: Loc) -> None:
+        for k, child, child_loc in children(node, loc):
+            if k is not None and k.tag not in (_STR_TAG, _MERGE_TAG):
+                text = k.value if isinstance(k, yaml.ScalarNode) else "a " + type(k).__name__.replace("Node", "").lower()
+                kind = k.tag.rsplit(":", 1)[-1]
+                issues.append(CatalogIssue(loc_to_path(loc + (text,)), *mark(k),
+                                           f"key {text} is not a name (YAML reads it as {kind})",
+                                           "keys that are names", "rename it to a documented key, or remove it"))
             visit(child, child_loc)
 
     visit(root, ())

@@ -360,8 +360,15 @@ class DriverComponent:
         try:
             choice = self.choose(facts)
         except DeployError as exc:
-            return tool + [Change("refuse", "driver", "package", cur.package if cur else None,
-                                  None, f"{exc.what}: {exc.cause} -- fix: {exc.remedy}")]
+            if tool:
+                # Without ubuntu-drivers the archive names are only a preview: decide after
+                # installing it (apply plans again).
+                return tool + [Change("create", "driver", "package",
+                                      cur.package if cur else None, None,
+                                      "chosen from ubuntu-drivers once it is installed "
+                                      f"(apt-cache preview: {exc.what})")]
+            return [Change("refuse", "driver", "package", cur.package if cur else None,
+                           None, f"{exc.what}: {exc.cause} -- fix: {exc.remedy}")]
         if cur is None:
             return tool + [Change("create", "driver", "package", None, choice.package,
                            f"highest open branch >= {floor} offered"

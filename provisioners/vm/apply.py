@@ -196,6 +196,10 @@ def _create_and_start(client: PveClient, catalog: Any, vm: Any, results: list[Op
         explained = _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be created")
         explained.cause += f"\n  nothing was created (VMID {vm.vmid} is still free)"
         raise explained from None
+    except KeyboardInterrupt:
+        # The POST may have reached PVE: a VM with our marker now is this run's (pre-flight saw
+        # the VMID free), and is removed like any other failure's.
+        raise _interrupted(client, vm, results) from None
     # From here on the VM exists because of this run: any failure rolls it back.
     try:
         client.wait_task(upid, CREATE_TIMEOUT_S, f"create of VM {vm.vmid}", command=f"POST /nodes/{client.node}/qemu")
@@ -204,14 +208,37 @@ def _create_and_start(client: PveClient, catalog: Any, vm: Any, results: list[Op
         px = catalog.proxmox
         results.append(_timed(f"VM {vm.vmid} start", lambda: (start_vm(client, vm.vmid, float(px.start_timeout_s),
                                                                         node=client.node), "started")[1]))
+    except KeyboardInterrupt:
+        raise _interrupted(client, vm, results) from None
     except Exception as err:  # noqa: BLE001 - whatever broke, undo what this run made
-        outcome = rollback(client, vm.vmid)
+        outcome = _rollback_once(client, vm.vmid)
         if not isinstance(err, DeployError):
             err = DeployError(f"unexpected error: {type(err).__name__}", cause=redact(str(err)))
         explained = _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be deployed")
         explained.cause = f"{explained.cause}\n  {outcome}"
         explained.evidence["rollback"] = outcome
         raise explained from None
+
+
+def _rollback_once(client: PveClient, vmid: int) -> str:
+    """:func:`rollback`, but a Ctrl-C during it ends it with a line saying what may be left."""
+    try:
+        return rollback(client, vmid)
+    except KeyboardInterrupt:
+        return (f"rollback interrupted: VM {vmid} may be left behind; check with `qm status {vmid}` and remove "
+                f"it with `qm stop {vmid}; qm destroy {vmid} --purge --destroy-unreferenced-disks` (or run the "
+                "destroy command)")
+
+
+def _interrupted(client: PveClient, vm: Any, results: list[OpResult]) -> DeployError:
+    """Ctrl-C while VM ``vm`` was being created/started: roll back what this run created and
+    say so. A second Ctrl-C during the rollback stops it and says what may be left."""
+    done = "; ".join(f"{r.name}: {r.reason}" for r in results if r.changed) or "nothing before the VM"
+    outcome = _rollback_once(client, vm.vmid)
+    return DeployError(f"interrupted (Ctrl-C) while deploying VM {vm.vmid} ({vm.name})",
+                       cause=f"done before: {done}\n  {outcome}",
+                       remedy="run the apply again when ready; it starts from what PVE has",
+                       evidence={"rollback": outcome})
 
 
 def _resize(client: PveClient, vm: Any) -> str:
@@ -291,6 +318,12 @@ def apply_vm(client: PveClient, catalog: Any, vm: Any) -> list[OpResult]:
         return results
     try:
         return _converge(client, catalog, vm, live, changes)
+    except KeyboardInterrupt:
+        raise DeployError(f"interrupted (Ctrl-C) while updating VM {vm.vmid} ({vm.name})",
+                          cause="the VM existed before this run, so nothing is rolled back; what was written so far "
+                                "stays, and a PVE task of it (a resize or start) may still be running",
+                          remedy=f"`python -m provisioners plan` shows what is left; PVE's Tasks list shows "
+                                 f"running tasks of VM {vm.vmid}") from None
     except (PveTaskFailed, PveTaskTimeout, PveApiError) as err:
         raise _explain(err, vm, client, f"VM {vm.vmid} ({vm.name}) could not be updated",
                        gpu="start" in err.what) from None

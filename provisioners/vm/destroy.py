@@ -18,6 +18,18 @@ from provisioners.vm.power import stop_vm
 DESTROY_TIMEOUT_S = 300
 
 
+def _exists(client: PveClient, vmid: int) -> bool | None:
+    """True if VM ``vmid`` exists, False if not, None if PVE cannot be asked. Never raises."""
+    try:
+        return read_live(client, vmid) is not None
+    except DeployError:
+        return None
+
+
+def _left_unknown(left: bool | None) -> str:
+    return "it is gone after all" if left is False else "whether it still exists is unknown"
+
+
 def destroy_vm(client: PveClient, catalog: Any, vm: Any, confirm: bool) -> OpResult:
     """Stop and destroy catalog VM ``vm`` with its disks.
 
@@ -36,10 +48,21 @@ def destroy_vm(client: PveClient, catalog: Any, vm: Any, confirm: bool) -> OpRes
         raise DeployError(f"refusing to destroy VM {vm.vmid} ('{live.config.get('name', '?')}')",
                           cause="it was not created by this tool (no managed marker)",
                           remedy="it is left untouched; remove it yourself if that is really wanted")
-    if live.running:
-        stop_vm(client, vm.vmid, node=live.node)
-    upid = client.delete(vm_path(live.node, vm.vmid), purge=1, **{"destroy-unreferenced-disks": 1})
-    client.wait_task(str(upid), DESTROY_TIMEOUT_S, f"destroy of VM {vm.vmid}",
-                     command=f"DELETE {vm_path(live.node, vm.vmid)}")
+    stopped = False
+    try:
+        if live.running:
+            stop_vm(client, vm.vmid, node=live.node)
+            stopped = True
+        upid = client.delete(vm_path(live.node, vm.vmid), purge=1, **{"destroy-unreferenced-disks": 1})
+        client.wait_task(str(upid), DESTROY_TIMEOUT_S, f"destroy of VM {vm.vmid}",
+                         command=f"DELETE {vm_path(live.node, vm.vmid)}")
+    except DeployError as err:
+        # Say what state the VM is left in: the operator asked for it gone and it is not.
+        left = _exists(client, vm.vmid)
+        state = ("it was stopped and still exists" if stopped else "it still exists") if left else _left_unknown(left)
+        raise DeployError(f"destroy of VM {vm.vmid} ({vm.name}) failed; {state}: {err.what}", cause=err.cause,
+                          remedy="\n  ".join(r for r in (err.remedy, "run the destroy again once the cause is "
+                                                                     "fixed; it starts from what PVE has") if r),
+                          evidence=dict(err.evidence), command=err.command) from None
     return OpResult(f"VM {vm.vmid} destroy", "changed", f"{vm.name} stopped and destroyed with its disks",
                     time.monotonic() - start)

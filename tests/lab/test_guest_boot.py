@@ -48,6 +48,7 @@ def lab():
         assert proc.returncode == 0, proc.stdout + proc.stderr
         started = True
     info = json.loads(paths.ready.read_text())
+    info["_started_here"] = started
     yield info
     if started:
         proc = _lab("down")
@@ -125,7 +126,17 @@ def _boot_id(client) -> str:
 
 def _create_and_start(pve, lab) -> float:
     pub = Path(lab["ssh_key"] + ".pub").read_text()
-    if any(int(v["vmid"]) == VMID for v in pve.nodes(NODE).qemu.get()):
+    def exists():
+        return any(int(v["vmid"]) == VMID for v in pve.nodes(NODE).qemu.get())
+
+    if exists() and not lab["_started_here"]:
+        # a lab someone else started: their VM 140 is theirs - wait for it to go, never delete it
+        deadline = time.monotonic() + 1800
+        while exists() and time.monotonic() < deadline:
+            time.sleep(10)
+        if exists():
+            pytest.fail(f"VM {VMID} of another lab user still exists after 30 min")
+    if exists():
         if pve.nodes(NODE).qemu(VMID).status.current.get()["status"] == "running":
             _wait(pve, pve.nodes(NODE).qemu(VMID).status.stop.post())
         _wait(pve, pve.nodes(NODE).qemu(VMID).delete(purge=1))

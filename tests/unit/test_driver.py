@@ -332,3 +332,36 @@ def test_secure_boot_rejection_gets_its_own_diagnosis(monkeypatch):
         comp.apply(s, facts, comp.plan(facts))
     assert ei.value.what == "Secure Boot rejected the NVIDIA kernel module"
     assert "mokutil --import" in ei.value.remedy and "pre-enrolled-keys=0" in ei.value.remedy
+
+
+def test_plan_without_ubuntu_drivers_and_no_candidates_defers_the_choice():
+    comp = DriverComponent(VM)
+    facts = facts_from_outputs(fresh_outputs(has_ubuntu_drivers=(1, ""), candidates=(0, "")),
+                               "10de:2d04")
+    tool, pkg = comp.plan(facts)
+    assert tool.field == "ubuntu-drivers" and pkg.action == "create" and pkg.desired is None
+    assert "once it is installed" in pkg.reason
+
+
+def test_apply_installs_ubuntu_drivers_then_decides_and_reboots(monkeypatch):
+    before = fresh_outputs(has_ubuntu_drivers=(1, ""), candidates=(0, ""))
+    after_tool = fresh_outputs()
+    converged = fresh_outputs(
+        installed=(0, "ii  nvidia-driver-570-open 570.195.03-0ubuntu1\n"),
+        license=(0, "Dual MIT/GPL"), smi=(0, SMI_OK.replace("580.95.05", "570.195.03")))
+    states = iter([after_tool, converged])
+    monkeypatch.setattr(DriverComponent, "facts",
+                        lambda self, session: facts_from_outputs(next(states), "10de:2d04"))
+    reboots = []
+    comp = DriverComponent(VM, reboot=reboots.append, diagnose=lambda c: None)
+    s = Scripted([])
+    s.boot_id = lambda: "b1"
+    s.wait_for_reboot = lambda before, timeout_s: "b2"
+    facts = facts_from_outputs(before, "10de:2d04")
+    results = comp.apply(s, facts, comp.plan(facts))
+    assert [r.name for r in results] == ["ubuntu-drivers", "driver install", "reboot"]
+    assert all(r.status == "changed" for r in results)
+    installs = [c for c in s.commands if "install -y" in c]
+    assert installs[0].endswith("install -y ubuntu-drivers-common")
+    assert installs[1].endswith("install -y nvidia-driver-570-open")  # not the recommended 570
+    assert reboots == [s]

@@ -144,3 +144,36 @@ def test_pve_password_default_and_secret(monkeypatch):
     assert server.pve_password() == "s3cret-for-lab"
     assert "s3cret-for-lab" not in redact.redact("pw s3cret-for-lab")
     redact._clear_for_tests()
+
+
+def test_children_die_with_the_lab_process(tmp_path):
+    """qemu is started with PR_SET_PDEATHSIG: a SIGKILLed lab server leaves no orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = (
+        "import subprocess, sys, time\n"
+        "from lab.guest import _die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '300'], preexec_fn=_die_with_parent)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=state.REPO_ROOT, env={**os.environ, "PYTHONPATH": str(state.REPO_ROOT)})
+    child = int(parent.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            st = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except OSError:
+            break
+        if st == "Z":  # reaped by init later; it is dead
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("child outlived its SIGKILLed parent")

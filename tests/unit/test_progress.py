@@ -91,6 +91,15 @@ def test_heartbeat_thread_prints_elapsed_while_silent():
     assert len(out.getvalue()) == n  # stopped with the block
 
 
+def test_heartbeat_slows_down_after_four_beats():
+    out = io.StringIO()
+    p = Progress(out, heartbeat_s=0.05)
+    with p.heartbeat("long install"):
+        time.sleep(0.2 + 0.4 + 0.1)  # 4 beats at 0.05 s, then one at +0.2 s, one at +0.4 s
+    beats = [l for l in out.getvalue().splitlines() if "long install" in l]
+    assert 5 <= len(beats) <= 7, beats
+
+
 def _rows(p):
     p.add_row(Row("Deploying creates VM 140", "passed", 95.0, changed=3, ok=1))
     p.add_row(Row("vm", "changed", 90.0, changed=3, ok=1, indent=1))
