@@ -293,6 +293,8 @@ def serve(paths: state.LabPaths | None = None, ports: state.Ports | None = None)
         # fakepve's state lives in memory: VMs of an earlier lab do not exist any more
         import shutil
         shutil.rmtree(paths.root / "vm", ignore_errors=True)
+        if paths.console_log.exists():  # one lab run per console log; keep the previous one
+            os.replace(paths.console_log, paths.console_log.with_name("guest-console.log.1"))
         paths.pidfile.write_text(f"{os.getpid()}\n")
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()

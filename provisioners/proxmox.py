@@ -338,10 +338,20 @@ class PveClient:
             try:
                 res = self._resource(path)
                 if method == "GET":
-                    return res.get(**params)
-                if method == "DELETE":
-                    return res.delete(**params)
-                return getattr(res, method.lower())(**params)
+                    answer = res.get(**params)
+                elif method == "DELETE":
+                    answer = res.delete(**params)
+                else:
+                    answer = getattr(res, method.lower())(**params)
+                if isinstance(answer, dict) and list(answer) == ["errors"] and isinstance(answer["errors"], bytes):
+                    # proxmoxer's stand-in for a 2xx body that is not JSON: not PVE talking.
+                    raise self._not_pve(method, path, "a page that is not JSON")
+                return answer
+            except (KeyError, TypeError) as err:
+                # proxmoxer reads the answer's "data" member; JSON without it (or JSON that is not
+                # an object) is not PVE's API.
+                what = f"JSON without {err}" if isinstance(err, KeyError) else "JSON that is not an object"
+                raise self._not_pve(method, path, what) from None
             except ResourceException as err:
                 if err.status_code == 401 and relogin and not self.credentials.is_token:
                     log.info("PVE ticket no longer valid; logging in again")
@@ -377,6 +387,11 @@ class PveClient:
                                   remedy="check that proxmox.endpoint is the PVE API (https://HOST:8006)",
                                   command=f"{method} {path}") from None
         raise AssertionError("unreachable")
+
+    def _not_pve(self, method: str, path: str, what: str) -> DeployError:
+        return DeployError(f"{method} {path}: {self.endpoint} answered with {what}, not the PVE API",
+                           remedy="check that proxmox.endpoint is the PVE API (https://HOST:8006), not a proxy "
+                                  "or another web server", command=f"{method} {path}")
 
     @staticmethod
     def _api_error(method: str, path: str, err: ResourceException) -> PveApiError:

@@ -18,9 +18,11 @@ Loading happens in three passes, so that every message can point at a line:
 
 1. parse: PyYAML composes the node tree (line/column marks); duplicate mapping keys, which
    PyYAML would silently collapse to the last one, are reported; secret-looking keys are
-   reported (and their values registered for redaction).
+   reported (and their values registered for redaction). Hostile input is refused with a
+   position before it can hurt: files over 1 MiB, bytes that are not UTF-8, control characters,
+   nesting deeper than 64 levels, recursive or exploding aliases (``yamlpos.MAX_*``).
 2. schema: pydantic v2 (``extra="forbid"``, strict types) checks types, formats and ranges.
-3. cross-field checks on the validated model: VMIDs/names/IPs unique, IPs inside the subnet,
+3. cross-field checks on the validated model: VMIDs/names/IPs/GPUs unique, IPs inside the subnet,
    image references, the vLLM + Ollama VRAM budget, and (unless ``check_files=False``) the
    files the catalog refers to (SSH keys, CA bundle).
 

@@ -97,8 +97,10 @@ def cross_checks(cat: Catalog, root: yaml.Node, check_files: bool) -> list[Catal
     first_vmid: dict[int, int] = {}
     first_name: dict[str, int] = {}
     first_ip: dict[ipaddress.IPv4Address, int] = {}
+    first_gpu: dict[str, int] = {}
     for i, vm in enumerate(cat.vms):
         here = ("vms", i)
+        _check_gpu_unique(issues, here, vm, cat, first_gpu)
         if vm.vmid in first_vmid:
             j = first_vmid[vm.vmid]
             issues.add(here + ("vmid",), f"VMID {vm.vmid} is used twice (also vms[{j}] '{cat.vms[j].name}', "
@@ -130,6 +132,26 @@ def cross_checks(cat: Catalog, root: yaml.Node, check_files: bool) -> list[Catal
                         "copy /etc/pve/pve-root-ca.pem from the PVE host, or set ca_file: null",
                         "a readable PEM file")
     return list(issues)
+
+
+def _check_gpu_unique(issues: _Issues, here: Loc, vm: VmSpec, cat: Catalog, first: dict[str, int]) -> None:
+    """One GPU per VM: the deployer starts every VM it creates, and PVE refuses to start a second
+    VM with a PCI device another running VM holds (qemu-server: "PCI device '...' already in use
+    by VMID ..."), which would only show after that VM was created."""
+    gpu = vm.gpu
+    # "0000:01:00" passes every function of the device, "0000:01:00.0" one: both hold the device.
+    device = gpu.address.split(".")[0]
+    keys = [("address", f"address:{device}")] + ([("mapping", f"mapping:{gpu.mapping}")] if gpu.mapping else [])
+    for field, key in keys:
+        if key in first:
+            j = first[key]
+            shown = device if field == "address" else gpu.mapping
+            issues.add(here + ("gpu", field), f"GPU {field} {shown} is also given to vms[{j}] '{cat.vms[j].name}' "
+                       f"(line {issues.line(('vms', j, 'gpu', field))})", "a GPU of its own for each VM",
+                       "give each VM its own GPU; PVE starts only one VM holding a PCI device")
+            return
+    for _, key in keys:
+        first[key] = first.get(key, int(here[1]))
 
 
 def _check_gateway(issues: _Issues, net: NetworkSpec, special: dict[ipaddress.IPv4Address, str]) -> None:

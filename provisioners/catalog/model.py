@@ -231,8 +231,8 @@ class VmSpec(_Model):
 
     name: VmName = Field(description="the VM name, a DNS name such as vm-llm-aimachine")
     vmid: Annotated[int, Ge(100), Le(999_999_999)] = Field(description="the VMID, an integer 100-999999999")
-    # At most 4096: QEMU's q35 machine accepts no more vCPUs; PVE itself refuses more than the
-    # node has (checked in pre-flight against /nodes maxcpu).
+    # At most 4096: QEMU's q35 machine takes no more vCPUs (max_cpus in hw/i386/pc_q35.c of recent
+    # QEMU); in practice PVE refuses more than the node has (pre-flight checks /nodes maxcpu).
     cores: Annotated[int, Gt(0), Le(4096)] = Field(
         description="the number of vCPU cores, a positive integer (at most the node's CPU count)")
     memory_mib: MiB = Field(description="the RAM in MiB, an integer (50 GiB = 51200)")

@@ -90,36 +90,45 @@ def _check_depth(text: str, file: Path | None) -> None:
 
 def _check_expansion(root: yaml.Node, file: Path | None) -> None:
     """Raise CatalogError when an alias refers to a collection that contains it (a cycle, which
-    every walk over the tree would follow forever) or when aliases expand the document beyond
-    :data:`MAX_EXPANDED_NODES` nodes. Each node is sized once (aliases share their node)."""
-    sizes: dict[int, int] = {}
+    every walk over the tree would follow forever), or when aliases expand the document beyond
+    :data:`MAX_EXPANDED_NODES` nodes or :data:`MAX_DEPTH` levels (aliases of aliases nest without
+    the text nesting). Each node is measured once (aliases share their node)."""
+    measured: dict[int, tuple[int, int]] = {}
     on_path: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in on_path:
-            line, col = mark(node)
-            raise single_issue(file, "", line, col, "an alias refers to the collection that contains it "
-                                                    "(a recursive anchor)", "aliases to earlier, complete values",
-                               "remove the alias (*name) from inside its own anchor (&name)")
-        on_path.add(key)
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        on_path.discard(key)
-        sizes[key] = total
-        if total > MAX_EXPANDED_NODES:
-            line, col = mark(node)
-            raise single_issue(file, "", line, col, f"aliases expand this value to more than {MAX_EXPANDED_NODES} "
-                                                    "YAML nodes", "a catalog of at most a few thousand values",
-                               "write the values out instead of nesting aliases (*name) of aliases")
-        return total
+    def refuse(node: yaml.Node, message: str, expected: str, fix: str) -> None:
+        line, col = mark(node)
+        raise single_issue(file, "", line, col, message, expected, fix)
 
-    size(root)
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        """(expanded size in nodes, expanded depth in levels) of ``node``."""
+        key = id(node)
+        if key in measured:
+            return measured[key]
+        if key in on_path:
+            refuse(node, "an alias refers to the collection that contains it (a recursive anchor)",
+                   "aliases to earlier, complete values", "remove the alias (*name) from inside its own anchor (&name)")
+        on_path.add(key)
+        parts: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            parts = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            parts = list(node.value)
+        inner = [measure(n) for n in parts]
+        on_path.discard(key)
+        size = 1 + sum(s for s, _ in inner)
+        depth = int(isinstance(node, yaml.CollectionNode)) + max((d for _, d in inner), default=0)
+        if size > MAX_EXPANDED_NODES:
+            refuse(node, f"aliases expand this value to more than {MAX_EXPANDED_NODES} YAML nodes",
+                   "a catalog of at most a few thousand values",
+                   "write the values out instead of nesting aliases (*name) of aliases")
+        if depth > MAX_DEPTH:
+            refuse(node, f"aliases nest this value more than {MAX_DEPTH} levels deep", "a catalog a few levels deep",
+                   "write the values out instead of nesting aliases (*name) of aliases")
+        measured[key] = (size, depth)
+        return measured[key]
+
+    measure(root)
 
 
 def offset_position(data: str | bytes, offset: int) -> tuple[int, int]:

@@ -216,3 +216,26 @@ def test_tab_indentation_says_to_use_spaces(tmp_path):
     [issue] = _issues(path)
     assert issue.startswith(f"{path}:30:1: YAML syntax error:")
     assert issue.endswith("(fix: indent with spaces: YAML does not allow tabs for indentation)")
+
+
+def test_alias_chain_nesting_deeper_than_the_text_is_refused(tmp_path):
+    # Every line is 2 levels deep as text, but a{i} expands to i + 1 nested lists: the tree checks
+    # would recurse that deep.
+    lines = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 430)]
+    path = tmp_path / "c.yml"
+    path.write_text("\n".join(lines) + "\n")
+    [issue] = _issues(path)
+    assert issue.startswith(f"{path}:{MAX_DEPTH + 1}:6: aliases nest this value more than {MAX_DEPTH} levels deep")
+
+
+def test_one_gpu_given_to_two_vms_is_refused(tmp_path):
+    two = (GOOD.parent / "bad-duplicate-vmid.yml").read_text()
+    head, sep, tail = two.partition("  - name: vm-llm-aimachine")
+    path = tmp_path / "c.yml"
+    path.write_text(head.replace('address: "0000:02:00"', 'address: "0000:01:00.0"') + sep
+                    + tail.replace("vmid: 140", "vmid: 141", 1))
+    (tmp_path / "keys").symlink_to(GOOD.parent / "keys")
+    assert _issues(path) == [
+        f"{path}:76:16: vms[1].gpu.address: GPU address 0000:01:00 is also given to vms[0] 'vm-llm-second' (line 44) "
+        "(expected a GPU of its own for each VM; fix: give each VM its own GPU; PVE starts only one VM holding a "
+        "PCI device)"]

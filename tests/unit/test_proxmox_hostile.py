@@ -213,3 +213,13 @@ def test_ca_file_without_a_certificate_is_named(lab_catalog, fast_retry, tmp_pat
         connect(lab_catalog, ca_file=str(ca), credentials=Credentials("root@pam", password=ROOT_PASSWORD),
                 retry=fast_retry)
     assert str(info.value).splitlines()[:2] == ["proxmox.ca_file holds no PEM certificate", f"  cause: {ca}"]
+
+
+def test_token_login_to_an_endpoint_that_is_not_pve_is_explained(lab_catalog, fast_retry, not_pve):
+    # A token login sends no request until the first call; the 200 HTML page must not pass for PVE.
+    creds = Credentials("deployer@pve", token_name="ci", token_secret=TOKEN_SECRET)
+    with pytest.raises(DeployError) as info:
+        connect(lab_catalog, endpoint=not_pve, credentials=creds, retry=fast_retry)
+    text = str(info.value)
+    assert text.startswith(f"GET /version: {not_pve} answered with a page that is not JSON, not the PVE API")
+    assert TOKEN_SECRET not in text
