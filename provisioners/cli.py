@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from provisioners.errors import DeployError
 from provisioners.redact import redact
@@ -53,3 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug must still not print secrets or a traceback
+        if os.environ.get("DEPLOYER_DEBUG"):
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        print(redact(f"internal error in '{args.command}': {type(err).__name__}: {err}"), file=sys.stderr)
+        print("  this is a bug in the deployer; rerun with DEPLOYER_DEBUG=1 for the (redacted) traceback "
+              "and report it", file=sys.stderr)
+        return 2

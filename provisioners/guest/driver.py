@@ -536,10 +536,11 @@ def driver_checks(facts: Facts, comp: DriverComponent) -> list[Check]:
     v, raw = facts.values, facts.raw
     floor = max(comp.min_branch, gpu_needs(comp.pci_id).min_driver_branch or 0)
     checks: list[Check] = []
-    listed = any(o.package.startswith("nvidia-") for o in v.get("options", []))
+    nv = [o.package for o in v.get("options", []) if o.package.startswith("nvidia-")]
+    listed = bool(nv)
     checks.append(Check("ubuntu-drivers", listed or not v.get("ubuntu_drivers"),
                         f"lists drivers for {comp.pci_id}",
-                        ("lists " + ", ".join(o.package for o in v["options"][:6])) if listed
+                        ("lists " + ", ".join(nv[:6])) if listed
                         else ("ubuntu-drivers not installed (skipped)"
                               if not v.get("ubuntu_drivers") else "no NVIDIA driver listed"),
                         raw.get("devices", "") + "\n" + raw.get("list", "")))

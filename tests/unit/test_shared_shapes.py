@@ -61,3 +61,20 @@ def test_change_and_result_render_for_operators():
     result = OpResult("driver", "ok", "nvidia-driver-570-open already installed", 1.25)
     assert not result.changed
     assert str(result) == "ok: nvidia-driver-570-open already installed [driver, 1.2s]"
+
+
+def test_cli_turns_an_unexpected_exception_into_one_redacted_line(monkeypatch, capsys):
+    import types
+
+    from provisioners import cli
+
+    redaction.register_secret("pve-token-secret-value")
+    boom = types.SimpleNamespace(
+        add_arguments=lambda parser: None,
+        run=lambda args: (_ for _ in ()).throw(RuntimeError("failed with pve-token-secret-value")))
+    monkeypatch.setitem(cli.COMMANDS, "boom", ("fake.boom", "test"))
+    monkeypatch.setattr(cli, "_load", lambda module: boom)
+    assert cli.main(["boom"]) == 2
+    err = capsys.readouterr().err
+    assert "internal error in 'boom': RuntimeError: failed with ***" in err
+    assert "pve-token-secret-value" not in err and "Traceback" not in err
