@@ -15,11 +15,11 @@ endif
 BEHAVE_ARGS ?=
 ifeq ($(TARGET),lab)
 # The lab is disposable: a deploy runs every scenario; its fakepve login is root@pam.
-DEPLOY_TAGS ?=
+DEPLOY_TAGS ?= --tags='not @wip'
 export PROXMOX_USER ?= root@pam
 export PROXMOX_PASSWORD ?= $(or $(LAB_PVE_PASSWORD),lab-secret)
 else
-DEPLOY_TAGS ?= --tags='not @destructive'
+DEPLOY_TAGS ?= --tags='not @wip and not @destructive'
 endif
 BEHAVE_D = -D target=$(TARGET) -D catalog=$(CATALOG) $(if $(GPU_PROFILE),-D gpu_profile=$(GPU_PROFILE))
 
@@ -65,14 +65,14 @@ deploy-vm-llm-aimachine: venv $(if $(filter lab,$(TARGET)),lab-image) ## deploy 
 	$(BEHAVE) $(BEHAVE_D) $(DEPLOY_TAGS) $(BEHAVE_ARGS) $(FEATURE)
 
 verify: venv $(if $(filter lab,$(TARGET)),lab-image) ## read-only @verify checks of the deployed VM on TARGET
-	$(BEHAVE) $(BEHAVE_D) --tags=@verify $(BEHAVE_ARGS) $(FEATURE)
+	$(BEHAVE) $(BEHAVE_D) --tags='@verify and not @wip' $(BEHAVE_ARGS) $(FEATURE)
 
 destroy-vm-llm-aimachine: venv ## destroy the VM (only if this tool created it); needs CONFIRM=yes
 	@if [ "$(CONFIRM)" != "yes" ]; then echo "refusing: destroying VM needs CONFIRM=yes (make destroy-vm-llm-aimachine CONFIRM=yes)"; exit 2; fi
 	$(PY) -m provisioners destroy --yes-destroy $(CATALOG)
 
 report: ## print where the latest HTML/JSON/JUnit report is
-	@if [ -e reports/latest ]; then echo "$$(readlink -f reports/latest)/index.html"; ls reports/latest/; else echo "no report yet: run make deploy-vm-llm-aimachine or make verify"; exit 1; fi
+	@$(PY) -m provisioners.report
 
 doctor: venv ## diagnose captures: make doctor FROM=transcript.txt (or DIR=captures/)
 	$(PY) -m provisioners doctor $(if $(FROM),--from $(FROM)) $(DIR)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 
 from provisioners import progress as progress_mod
 from provisioners import report
 from provisioners.errors import DeployError
-from provisioners.pipeline import Deployment, require
+from provisioners.pipeline import LAB_VLLM_API_KEY, Deployment, require
 from provisioners.redact import redact, register_secret
 
 RUN_DIR = report.prepare_run_dir()
@@ -57,8 +58,6 @@ def _redact_log_records() -> None:
 
 
 def _register_secrets() -> None:
-    import os
-
     for name in SECRET_ENV:
         register_secret(os.environ.get(name))
     try:
@@ -70,9 +69,13 @@ def _register_secrets() -> None:
 
 def before_all(context):
     userdata = context.config.userdata
+    if userdata.get("target", "lab") == "lab":
+        # vLLM's /v1 must be guarded by a key (provisioners.guest.vllm); the lab uses a fixed one
+        os.environ.setdefault("VLLM_API_KEY", LAB_VLLM_API_KEY)
     _register_secrets()
     _redact_log_records()
     report.wrap_formatter_streams(list(getattr(context._runner, "formatters", []) or []))
+    report.pin_junit_directory(context.config, RUN_DIR)
     context.progress = progress_mod.Progress(_CONSOLE)
     context.run_dir = RUN_DIR
     target = userdata.get("target", "lab")

@@ -1,9 +1,9 @@
 # The specification of the GPU LLM machine, and the deployer that builds it.
 #
 # Run it against the embedded lab (default) or a real Proxmox VE host:
-#   behave features/vm_llm_gpu_passthrough.feature                      # lab, everything not @wip
-#   behave -D target=proxmox -D catalog=infrastructure-catalog.yml --tags='not @destructive'
-#   behave --tags=@verify                                              # read-only checks only
+#   behave features/vm_llm_gpu_passthrough.feature                 # lab, everything not @wip
+#   behave -D target=proxmox --tags='not @wip and not @destructive'  # a real host (PROXMOX_* env)
+#   behave --tags='@verify and not @wip'                             # read-only checks only
 #
 # Tags (areas): @catalog @deploy @gpu @driver @vllm @ollama @idempotency @failure @verify
 #   @verify       read-only: changes nothing on the host or in the guest
@@ -12,7 +12,9 @@
 #   @failure      a failure the deployer must stop at, explain and recover from
 #   @lab          needs the lab (private fault-injected Proxmox hosts, GPU profiles); skipped on
 #                 target=proxmox
-#   @wip          the library part is not built yet; excluded by behave.ini (default_tags)
+#   @wip          not passing yet (library part missing, or a known gap noted above the scenario);
+#                 excluded by behave.ini default_tags - which any --tags option replaces, so add
+#                 `and not @wip` to your own tag expressions
 #
 # Each target has its catalog: infrastructure-catalog.yml (real host: Ubuntu 24.04 cloud image,
 # 32 cores, 50 GiB RAM, 500 GiB disk) and lab/lab-catalog.yml (same VM, GPU and stack; a small
@@ -92,7 +94,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And VM 140 is running
 
   # Seed scenario 1, second half: the guest side of `make deploy-vm-llm-aimachine`.
-  @deploy @driver @vllm @ollama @wip
+  @deploy @driver @vllm @ollama
   Scenario: Deploying installs the NVIDIA driver, CUDA, vLLM and Ollama in the guest
     Given VM 140 is running and reachable over SSH
     When the guest is bootstrapped
@@ -104,7 +106,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And the deployment summary is attached to the report
 
   # Seed scenario 2: prove the GPU works inside the VM (read-only).
-  @verify @gpu @wip
+  @verify @gpu
   Scenario: The GPU is visible and works inside the VM
     Given VM 140 is running and reachable over SSH
     When the GPU checks of the verify ladder run
@@ -119,7 +121,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
       | CUDA sample                | a kernel ran on the GPU                        |
 
   # Seed scenario 3: the open kernel modules, chosen on purpose.
-  @driver @verify @wip
+  @driver @verify
   Scenario: The NVIDIA driver is the open flavour of a recent enough branch
     Given VM 140 is running and reachable over SSH
     When the driver checks of the verify ladder run
@@ -132,7 +134,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
       | nvidia-smi            | answers                                              |
 
   # Seed scenario 4: vLLM serves the catalog's model on the GPU.
-  @vllm @verify @wip
+  @vllm @verify
   Scenario: vLLM runs as a service and answers on the VM's address
     Given VM 140 is running and reachable over SSH
     When the vLLM checks of the verify ladder run
@@ -146,7 +148,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
       | GPU                | vLLM runs on the GPU                               |
 
   # Seed scenario 5: Ollama, installed from a pinned release.
-  @ollama @verify @wip
+  @ollama @verify
   Scenario: Ollama runs as a service and uses the GPU
     Given VM 140 is running and reachable over SSH
     When the Ollama checks of the verify ladder run
@@ -159,7 +161,7 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
       | GPU              | the journal shows library=CUDA, not library=cpu      |
 
   # Seed scenario 6: running the deployment again changes nothing.
-  @idempotency @deploy @wip
+  @idempotency @deploy
   Scenario: A second deployment changes nothing and restarts nothing
     Given VM 140 is running and reachable over SSH
     And the main PID and start time of vllm.service and ollama.service are recorded
@@ -169,6 +171,8 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And the GPU checks of the verify ladder still pass
 
   # Seed scenario 8: a failed driver install stops clearly and can be resumed.
+  # @wip: the lab's GPU profile applies at the next guest start, so an already installed driver
+  # never meets the failing package; needs a lab way to fail the next driver install in place.
   @failure @driver @destructive @lab @wip
   Scenario: A failing driver install stops at the driver and a re-run after the fix succeeds
     Given VM 140 is running and reachable over SSH

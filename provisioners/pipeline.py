@@ -35,6 +35,9 @@ DEFAULT_CATALOGS = {"lab": REPO_ROOT / "lab" / "lab-catalog.yml",
 DEFAULT_VM = "vm-llm-aimachine"
 #: the lab fakepve's root@pam password unless LAB_PVE_PASSWORD says otherwise (lab/server.py)
 LAB_PVE_PASSWORD = "lab-secret"
+#: the vLLM API key of the lab guest unless VLLM_API_KEY is set: a fixed, public lab value, so
+#: that a second lab run finds the same key in the unit's environment file (no change)
+LAB_VLLM_API_KEY = "lab-vllm-api-key"
 #: faults a private lab Proxmox host can be prepared with (see Deployment.use_lab_fault_host)
 LAB_FAULTS = ("vfio-busy", "raw-address-with-token", "no-gpu", "unmanaged-vm-140")
 #: units that a catalog field's name must carry (see the header of infrastructure-catalog.yml)
@@ -133,9 +136,13 @@ class Deployment:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def begin_scenario(self, name: str) -> None:
-        """Start a scenario: results are recorded under ``name``; evidence shown again."""
+        """Start a scenario: results are recorded under ``name``; evidence is shown again and
+        the captures the doctor reads start empty (an earlier scenario's failure is not this one's)."""
         self.scenario = name
         self._shown: set[tuple[str, str]] = set()
+        self.captures = {}
+        self.last_error = None
+        self.last_checks = None
 
     def show(self, name: str, text: str, mime: str = "text/plain") -> None:
         """Queue evidence for the report of the current step; the same (name, text) is attached
@@ -746,17 +753,16 @@ class Deployment:
         return checks
 
     def check_problems(self, wanted: list[str]) -> list[str]:
-        """Every check named in ``wanted`` (case-insensitive substring of a check name) must be
-        among the last ladder's checks and have passed; returns problems (empty = fine)."""
+        """Every check of the last ladder run must have passed, and every check named in
+        ``wanted`` (case-insensitive substring either way) must be among them. Returns problems
+        (empty = fine)."""
         checks = self.last_checks
         if checks is None:
             raise AssertionError("no verify ladder ran in this scenario")
-        problems = []
+        problems = [f"{c.name}: expected {c.expected}, got {c.actual}" for c in checks if not c.passed]
         for name in wanted:
-            matched = [c for c in checks if name.lower() in c.name.lower() or c.name.lower() in name.lower()]
-            if not matched:
+            if not any(name.lower() in c.name.lower() or c.name.lower() in name.lower() for c in checks):
                 problems.append(f"{name}: no such check in the verify ladder")
-            problems += [f"{c.name}: expected {c.expected}, got {c.actual}" for c in matched if not c.passed]
         return problems
 
     def snapshot_services(self, units: list[str]) -> dict[str, dict[str, str]]:

@@ -150,11 +150,12 @@ class Progress:
 
         lines = [fmt(header), "  ".join("-" * w for w in widths)]
         lines += [fmt(b) for b in body]
-        total_d = sum(r.duration_s for r in self.rows if r.indent == 0)
-        lines.append(f"{len([r for r in self.rows if r.indent == 0])} scenarios, "
-                     f"{sum(r.changed for r in self.rows if r.indent)} changed, "
-                     f"{sum(r.failed for r in self.rows if r.indent)} failed operations, "
-                     f"{format_duration(total_d)}")
+        top = [r for r in self.rows if r.indent == 0]
+        passed = sum(r.status == "passed" for r in top)
+        # Failed *operations* are not counted here: @failure scenarios fail operations on purpose.
+        lines.append(f"{len(top)} scenarios ({passed} passed, {len(top) - passed} not passed), "
+                     f"{sum(r.changed for r in self.rows if r.indent)} changed operations, "
+                     f"{format_duration(sum(r.duration_s for r in top))}")
         return redact(strip_control("\n".join(lines)))
 
     def print_summary(self) -> None:

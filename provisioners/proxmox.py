@@ -91,7 +91,8 @@ def brief(err: BaseException) -> str:
     """A short, redacted reason for a requests/urllib3 error: ``[Errno 111] Connection refused``,
     ``RemoteDisconnected: Remote end closed connection without response``, ``ReadTimeout``...
     requests nests urllib3's pool/adapter texts several levels deep; operators need the last one."""
-    text = " ".join(str(err).split())
+    # OpenSSL's source line ("(_ssl.c:1006)") varies between Python builds and helps no operator.
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", " ".join(str(err).split()))
     if isinstance(err, requests.exceptions.Timeout):
         return redact(f"{type(err).__name__}: no answer within the HTTP timeout")
     m = re.search(r"\[(?:SSL|X509|PEM|ASN1): [A-Z0-9_]+\][^'\"()]*", text) or re.search(r"\[Errno -?\d+\] [^'\")]+", text)

@@ -294,6 +294,9 @@ class RemoteSession:
             ``provisioners.remote`` logger at INFO.
     """
 
+    #: how the boot id is read (proc(5)); a class attribute so tests can simulate a reboot
+    BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"
+
     def __init__(self, host: str, port: int = 22, user: str = "ubuntu",
                  key_file: Path | str = "~/.ssh/id_ed25519", *, jump_host: str | None = None,
                  known_hosts_store: Path | str = DEFAULT_STORE, vm_identity: str | None = None,
@@ -621,7 +624,7 @@ class RemoteSession:
     def boot_id(self) -> str:
         """The guest kernel's boot id (``/proc/sys/kernel/random/boot_id``; changes on every
         boot, see proc(5))."""
-        return self.run("cat /proc/sys/kernel/random/boot_id", timeout_s=30).stdout.strip()
+        return self.run(self.BOOT_ID_COMMAND, timeout_s=30).stdout.strip()
 
     def wait_for_reboot(self, boot_id_before: str, timeout_s: float = 600) -> str:
         """Wait until the guest answers SSH with a boot id other than ``boot_id_before``;
@@ -635,7 +638,7 @@ class RemoteSession:
                 break
             try:
                 self.connect(wait_s=left)
-                now = self.run("cat /proc/sys/kernel/random/boot_id", timeout_s=30,
+                now = self.run(self.BOOT_ID_COMMAND, timeout_s=30,
                                idempotent=False).stdout.strip()
                 if now and now != boot_id_before:
                     self.log(f"{_stamp()} {self.host} is back (boot id {now[:8]})")

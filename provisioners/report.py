@@ -181,6 +181,22 @@ def wrap_formatter_streams(formatters: list[Any]) -> int:
     return count
 
 
+def pin_junit_directory(config: Any, run_dir: Path, root: Path | None = None) -> bool:
+    """Point behave's JUnit reporter at ``run_dir/junit`` when it is configured to write into
+    ``<root>/latest/junit`` (behave.ini). The reporter resolves its folder at the end of each
+    feature, long after the run started; another run moving ``latest`` meanwhile must not
+    receive this run's XML. An explicit ``--junit-directory`` elsewhere is kept. Returns True
+    when the folder was pinned."""
+    root = Path(root) if root is not None else reports_root()
+    configured = getattr(config, "junit_directory", None)
+    if not configured:
+        return False
+    if os.path.abspath(configured) != os.path.abspath(root / LATEST / "junit"):
+        return False
+    config.junit_directory = str(Path(run_dir) / "junit")
+    return True
+
+
 def redact_tree(folder: Path) -> list[Path]:
     """Redact every regular file under ``folder`` in place (UTF-8 text; undecodable bytes kept).
 

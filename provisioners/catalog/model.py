@@ -115,6 +115,8 @@ class CloudInitSpec(_Model):
 
     user: LinuxUser = Field(description="the Linux user cloud-init creates, e.g. ubuntu")
     ssh_public_key_file: FilePath = Field(description="path to an OpenSSH public key file (*.pub)")
+    package_upgrade: bool = Field(True, description="PVE `ciupgrade`: upgrade all packages at first boot "
+                                  "(slow on a fresh image; the lab turns it off)")
 
 
 class SshSpec(_Model):

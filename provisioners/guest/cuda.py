@@ -315,12 +315,14 @@ def cuda_checks(facts: Facts, version: str, sample_output: str, sample_exit: int
               f"$ /usr/local/cuda-{version}/bin/nvcc --version\n{facts.raw.get('nvcc', '')}\n"
               f"/usr/local/cuda -> {v.get('cuda_link')}"),
         Check("CUDA packages", not v["forbidden"], "no cuda / cuda-drivers meta-package",
-              ", ".join(v["forbidden"]) or "none", facts.raw.get("installed", "")),
+              ", ".join(v["forbidden"]) or "none",
+              "$ dpkg-query -W cuda-keyring 'cuda-toolkit-*' cuda cuda-drivers ...\n"
+              + (facts.raw.get("installed", "").strip() or "(none installed)")),
     ]
     passed, what = sample_passed(sample_output, sample_exit)
     checks.append(Check("CUDA sample", passed, "a kernel ran on the GPU",
                         what if passed else f"failed: {what} (exit {sample_exit})",
-                        redact(sample_output[-4000:])))
+                        redact(sample_output[-4000:]) or "(no output)"))
     return checks
 
 

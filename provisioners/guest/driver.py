@@ -388,8 +388,10 @@ class DriverComponent:
         ``ok`` result. Raises :class:`DeployError` for a refusal or a failed install/reboot."""
         if not changes:
             cur = facts.values.get("installed_driver")
+            version = (facts.values.get("smi") or {}).get("driver_version") \
+                or facts.values.get("loaded_version")
             return [OpResult("driver", "ok", f"{cur.package if cur else '?'} installed and "
-                             f"loaded ({facts.values.get('loaded_version')})", 0.0)]
+                             f"loaded (driver {version})", 0.0)]
         results: list[OpResult] = []
         if any(ch.field == "ubuntu-drivers" for ch in changes):
             start = time.monotonic()
@@ -403,7 +405,8 @@ class DriverComponent:
         for ch in changes:
             if ch.action == "refuse":
                 cause, _, remedy = ch.reason.partition(" -- fix: ")
-                raise DeployError(what="driver step refused", cause=cause,
+                raise DeployError(what=f"driver step refused: {cause.split(';')[0].split(': ')[0]}",
+                                  cause=cause,
                                   remedy=remedy or "see the cause", evidence=dict(facts.raw))
         needs_reboot = False
         for ch in changes:
@@ -531,9 +534,18 @@ def _recommended_name(values: dict) -> str | None:
     return rec.package if rec else None
 
 
+def _ev(facts: Facts, *names: str) -> str:
+    """Evidence text: each probe's command and its output (``(no output)`` when empty)."""
+    parts = []
+    for n in names:
+        out = facts.raw.get(n, "").strip()
+        parts.append(f"$ {PROBES.get(n, n)}\n{out or '(no output)'}")
+    return "\n".join(parts)
+
+
 def driver_checks(facts: Facts, comp: DriverComponent) -> list[Check]:
     """Pure: the driver :class:`Check` list from :class:`Facts` (see :meth:`DriverComponent.verify`)."""
-    v, raw = facts.values, facts.raw
+    v = facts.values
     floor = max(comp.min_branch, gpu_needs(comp.pci_id).min_driver_branch or 0)
     checks: list[Check] = []
     nv = [o.package for o in v.get("options", []) if o.package.startswith("nvidia-")]
@@ -543,21 +555,21 @@ def driver_checks(facts: Facts, comp: DriverComponent) -> list[Check]:
                         ("lists " + ", ".join(nv[:6])) if listed
                         else ("ubuntu-drivers not installed (skipped)"
                               if not v.get("ubuntu_drivers") else "no NVIDIA driver listed"),
-                        raw.get("devices", "") + "\n" + raw.get("list", "")))
+                        _ev(facts, "devices", "list")))
     cur: DriverOption | None = v.get("installed_driver")
     want_open = comp.flavour != "closed" or gpu_needs(comp.pci_id).open_modules_only
     flav_ok = cur is not None and cur.open == want_open and (cur.branch or 0) >= floor
     checks.append(Check("installed flavour", flav_ok,
                         f"{'-open' if want_open else 'closed'}, branch >= {floor}",
                         cur.package if cur else "no nvidia-driver-* installed",
-                        raw.get("installed", "")))
+                        _ev(facts, "installed")))
     want_license = OPEN_LICENSE if want_open else CLOSED_LICENSE
     checks.append(Check("modinfo license", v.get("license") == want_license, want_license,
-                        v.get("license") or "no nvidia module", raw.get("license", "")))
+                        v.get("license") or "no nvidia module", _ev(facts, "license")))
     checks.append(Check("reboot", not v.get("reboot_required"), "none pending",
                         ("pending: " + ", ".join(v.get("reboot_pkgs", [])[:5]) or "pending")
                         if v.get("reboot_required") else "none pending",
-                        raw.get("reboot_required", "")))
+                        _ev(facts, "reboot_required")))
     smi = v.get("smi")
     smi_ok = smi is not None
     actual = (f"{smi.get('name')}, {smi.get('memory.total')} MiB, driver "
@@ -568,7 +580,7 @@ def driver_checks(facts: Facts, comp: DriverComponent) -> list[Check]:
         smi_ok = smi.get("memory.total") == int(comp.expected_mib)
     checks.append(Check("nvidia-smi", smi_ok,
                         f"answers: {comp.expected_name}, {comp.expected_mib} MiB", actual,
-                        f"$ {SMI_QUERY}\n{raw.get('smi', '')}"))
+                        _ev(facts, "smi")))
     return checks
 
 

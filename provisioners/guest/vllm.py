@@ -459,10 +459,16 @@ class VllmComponent:
         ok, detail, ids = models
         checks.append(Check(f"GET {s.base_url}/v1/models lists the model", ok, s.model,
                             ", ".join(ids) or "(none)", detail))
+        key_check = "vLLM API key enforced on /v1 (no key -> 401)"
         if "unauthorized" in out:
             code = out["unauthorized"].output.strip()
-            checks.append(Check("vLLM API key enforced on /v1 (no key -> 401)", code == "401",
-                                "HTTP 401", f"HTTP {code}", out["unauthorized"].output))
+            checks.append(Check(key_check, code == "401", "HTTP 401", f"HTTP {code}",
+                                out["unauthorized"].output))
+        else:
+            # Without a key anyone who reaches the VM's address can use the GPU: a failure.
+            checks.append(Check(key_check, False, "HTTP 401",
+                                "no VLLM_API_KEY configured: /v1 is open", "set VLLM_API_KEY "
+                                "(environment or DEPLOYER_SECRETS_FILE) and re-run the deploy"))
         checks.append(gpu_check(out["journal"].output))
         checks.append(self.arch_check(out["compute_cap"], out["torch_arch"]))
         return checks
@@ -509,7 +515,8 @@ def verify_checks(host: Any, session: Any, vm: Any) -> list[Check]:
 
 def gpu_check(journal: str) -> Check:
     """Pure: vLLM's engine runs on the GPU in its current run: the log shows the GPU KV cache
-    (``GPU KV cache size: N tokens``, printed after the model loaded on the GPU; corpus
+    (``Available KV cache memory: X GiB`` from gpu_worker.py and/or ``GPU KV cache size: N
+    tokens``, printed after the model loaded on the GPU; corpus
     vllm_startup_log_v0.10.2_tinyllama.txt) and none of the known failures
     (:mod:`provisioners.parsers.vllm`: sm_120 / no kernel image, no C compiler, VRAM)."""
     log = vllm_log.parse_log(journal)
@@ -517,12 +524,14 @@ def gpu_check(journal: str) -> Check:
     if log.errors:
         return Check(name, False, "GPU KV cache and no errors",
                      "; ".join(f"{e.kind}: {e.text[:160]}" for e in log.errors), journal)
-    if log.kv_cache_tokens is None:
+    if log.kv_cache_tokens is None and log.kv_cache_gib is None:
         return Check(name, False, "GPU KV cache and no errors",
-                     "no 'GPU KV cache size' line in the journal of the current run", journal)
-    gib = f"{log.kv_cache_gib:g} GiB, " if log.kv_cache_gib is not None else ""
+                     "no 'Available KV cache memory' / 'GPU KV cache size' line in the journal "
+                     "of the current run", journal)
+    parts = [f"{log.kv_cache_gib:g} GiB" if log.kv_cache_gib is not None else "",
+             f"{log.kv_cache_tokens} tokens" if log.kv_cache_tokens is not None else ""]
     return Check(name, True, "GPU KV cache and no errors",
-                 f"GPU KV cache {gib}{log.kv_cache_tokens} tokens", journal)
+                 "GPU KV cache " + ", ".join(p for p in parts if p), journal)
 
 
 def parse_model_ids(body: str) -> list[str]:

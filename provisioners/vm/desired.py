@@ -110,6 +110,8 @@ def desired_config(catalog: Any, vm: Any, *, raw_pci: bool) -> dict[str, Any]:
         "boot": "order=scsi0",
         "ciuser": vm.cloud_init.user,
         "sshkeys": quote(read_public_keys(vm), safe=""),
+        # PVE >= 8.1 defaults ciupgrade to 1; say it explicitly so the plan compares what we chose.
+        "ciupgrade": 1 if vm.cloud_init.package_upgrade else 0,
         "ipconfig0": f"ip={vm.ip_address}/{vm.prefixlen},gw={net.gateway}",
         "nameserver": " ".join(str(d) for d in net.dns),
         "net0": f"virtio,bridge={net.bridge}",
@@ -181,6 +183,8 @@ def compare(desired: dict[str, Any], live: dict[str, Any], size_gib: int) -> lis
         diff(key, "live", str(live.get(key, "")) == str(desired[key]))
     for key in ("onboot", "agent"):
         diff(key, "live", _flag(live.get(key, "0")) == str(desired[key]))
+    diff("ciupgrade", "live", _flag(live.get("ciupgrade", "1")) == str(desired["ciupgrade"]),
+         "cloud-init reads it at the first boot only")
     diff("tags", "live", MARKER_TAG in [t.lower() for t in split_tags(live.get("tags"))])
     diff("description", "live", MARKER_LINE in str(live.get("description", "")).splitlines())
     for key in ("machine", "bios", "cpu", "scsihw", "ostype"):

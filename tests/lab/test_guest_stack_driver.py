@@ -8,6 +8,8 @@ minutes (the driver install reboots the guest once).
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from provisioners.guest import bootstrap, cuda, driver
@@ -82,3 +84,40 @@ def test_bootstrap_driver_cuda_verify_and_rerun(deployment):
     again = bootstrap.bootstrap(session, deployment.catalog, vm)
     assert [str(r) for r in again if r.changed] == []
     assert session.boot_id() == boot
+
+
+def test_bootstrap_waits_for_a_held_dpkg_lock_and_repairs_interrupted_dpkg(deployment):
+    """Guest faults: a process holds the dpkg frontend lock when the step starts (as
+    unattended-upgrades does), and dpkg was left with an unpacked-but-unconfigured package
+    (what a killed apt leaves). The bootstrap waits, names the holder, repairs, and a
+    converged, verified VM remains."""
+    session = deployment.open_session()
+    vm = deployment.vm
+    bootstrap.bootstrap(session, deployment.catalog, vm)
+
+    # 1. a real fcntl lock on /var/lib/dpkg/lock-frontend for 20 s, held by a guest process
+    session.run("setsid nohup python3 -c 'import fcntl,time; "
+                "f=open(\"/var/lib/dpkg/lock-frontend\",\"w\"); fcntl.lockf(f, fcntl.LOCK_EX); "
+                "time.sleep(20)' >/dev/null 2>&1 < /dev/null &", sudo=True, timeout_s=30)
+    holders = []
+    for _ in range(10):
+        holders = bootstrap.lock_holders(session)
+        if holders:
+            break
+        time.sleep(1)
+    assert holders and holders[0].comm.startswith("python3"), holders
+    r = bootstrap.wait_for_apt_locks(session, timeout_s=120, poll_s=3)
+    assert r.reason.startswith("waited") and str(holders[0].pid) in r.reason
+
+    # 2. dpkg interrupted between unpack and configure
+    session.run("set -e; d=$(mktemp -d); cd \"$d\"; apt-get download ubuntu-drivers-common "
+                ">/dev/null; dpkg --unpack ./ubuntu-drivers-common_*.deb >/dev/null; "
+                "rm -rf \"$d\"", sudo=True, timeout_s=300)
+    assert "ubuntu-drivers-common" in session.run("dpkg --audit", sudo=True, check=False).stdout
+    r = bootstrap.repair_dpkg(session)
+    assert r.status == "changed", str(r)
+    assert session.run("dpkg --audit", sudo=True, check=False).stdout.strip() == ""
+
+    # 3. still converged and verified
+    checks = run_ladder(session, deployment.catalog, vm, ["gpu", "driver"])
+    assert all(c.passed for c in checks), summary(checks)

@@ -140,9 +140,12 @@ def test_check_problems_matches_names():
     d = _lab()
     d.last_checks = [Check("lspci 10de:2d04 bound to nvidia", True), Check("nvidia-smi memory.total", False,
                                                                         "16311 MiB", "8192 MiB")]
-    assert d.check_problems(["lspci"]) == []
     assert d.check_problems(["nvidia-smi memory.total", "nvcc --version"]) == [
         "nvidia-smi memory.total: expected 16311 MiB, got 8192 MiB", "nvcc --version: no such check in the verify ladder"]
+    # a failed check fails the step even when the table does not name it
+    assert d.check_problems(["lspci"]) == ["nvidia-smi memory.total: expected 16311 MiB, got 8192 MiB"]
+    d.last_checks = d.last_checks[:1]
+    assert d.check_problems(["lspci"]) == []
 
 
 def test_error_explanation():

@@ -118,7 +118,7 @@ def test_summary_table_plain():
     assert lines[0].split() == ["scenario", "/", "component", "changed", "ok", "failed", "result", "duration"]
     assert re.search(r"^Deploying creates VM 140\s+3\s+1\s+0\s+passed\s+1m35s$", text, re.M)
     assert re.search(r"^  driver\s+0\s+0\s+1\s+failed\s+20\.0s$", text, re.M)
-    assert lines[-1] == "2 scenarios, 3 changed, 1 failed operations, 2m05s"
+    assert lines[-1] == "2 scenarios (1 passed, 1 not passed), 3 changed operations, 2m05s"
 
 
 def test_summary_table_rich_on_a_tty():

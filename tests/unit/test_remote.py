@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -314,3 +315,33 @@ def test_vm_generation_from_pve_config():
     assert vm_generation({"vmgenid": "3f1a0b5e-1111-4c1e-9d2a-9a3b6b7c8d9e"}) == \
         "vmgenid=3f1a0b5e-1111-4c1e-9d2a-9a3b6b7c8d9e"
     assert vm_generation({"vmgenid": "1"}) is None and vm_generation(None) is None
+
+
+def test_wait_for_reboot_returns_when_the_host_is_back_with_a_new_boot_id(sshd, store, tmp_path):
+    bid = tmp_path / "boot_id"
+    bid.write_text("boot-1\n")
+    lines: list[str] = []
+    with sshd.session(store, log=lines.append) as s:
+        s.BOOT_ID_COMMAND = f"cat {bid}"  # the host's real boot id cannot change in a test
+        s.connect(wait_s=5)
+        before = s.boot_id()
+        # "reboot": SSH goes away, the boot id changes, SSH comes back 1.5 s later
+        sshd.stop()
+        bid.write_text("boot-2\n")
+        restart = threading.Timer(1.5, sshd.start)
+        restart.start()
+        try:
+            assert s.wait_for_reboot(before, timeout_s=30) == "boot-2"
+        finally:
+            restart.join()
+        assert s.run("echo after").stdout == "after\n"
+    assert any("is back" in ln for ln in lines)
+
+
+def test_jump_host_tunnels_and_pins_both(sshd, store):
+    with sshd.session(store, jump_host=f"{sshd.user}@127.0.0.1:{sshd.port}") as s:
+        s.connect(wait_s=5)
+        assert s.run("echo via-jump").stdout == "via-jump\n"
+    hosts = json.loads(store.read_text())["hosts"]
+    assert set(hosts) == {"test/1", f"jump/127.0.0.1:{sshd.port}"}
+    assert hosts["test/1"]["fingerprint"] == hosts[f"jump/127.0.0.1:{sshd.port}"]["fingerprint"]

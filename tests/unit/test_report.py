@@ -154,3 +154,19 @@ def test_redact_tree_rewrites_only_files_with_secrets(tmp_path):
     assert changed == [leaky]
     assert SECRET not in leaky.read_text() and "***" in leaky.read_text()
     assert report.redact_tree(tmp_path / "missing") == []
+
+
+def test_junit_directory_is_pinned_to_this_run(tmp_path):
+    class Config:
+        junit_directory = str(tmp_path / "latest" / "junit")
+
+    run = report.prepare_run_dir(tmp_path, now=T0)
+    config = Config()
+    assert report.pin_junit_directory(config, run, root=tmp_path) is True
+    assert config.junit_directory == str(run / "junit")
+    report.prepare_run_dir(tmp_path, now=T0)  # another run moves latest
+    assert config.junit_directory == str(run / "junit")
+    explicit = Config()
+    explicit.junit_directory = str(tmp_path / "elsewhere")
+    assert report.pin_junit_directory(explicit, run, root=tmp_path) is False
+    assert explicit.junit_directory == str(tmp_path / "elsewhere")

@@ -501,3 +501,21 @@ def test_health_and_models_shell_for_real(fake_vllm_http):
 def test_gpu_check_fails_on_real_engine_errors(corpus, label, kind):
     check = vllm.gpu_check(STARTUP_LOG + sample(corpus, label))
     assert not check.passed and kind in check.actual
+
+
+def test_gpu_check_accepts_the_kv_cache_memory_line_alone():
+    line = next(x for x in STARTUP_LOG.splitlines() if "Available KV cache memory" in x)
+    check = vllm.gpu_check(line)
+    assert check.passed and check.actual == "GPU KV cache 101.47 GiB"
+    assert not vllm.gpu_check("(APIServer pid=1) INFO [api_server.py:1882] vLLM API server "
+                              "version 0.10.2").passed
+
+
+def test_verify_without_an_api_key_fails_the_key_check():
+    comp = component(api_key=None)
+    assert "unauthorized" not in comp.verify_probes()
+    out = verify_outputs()
+    del out["unauthorized"]
+    checks = comp.checks_from(out, (True, "HTTP 200", [comp.settings.model]))
+    assert [c.name for c in checks if not c.passed] == [
+        "vLLM API key enforced on /v1 (no key -> 401)"]
