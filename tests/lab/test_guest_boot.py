@@ -78,6 +78,8 @@ def _wait(pve, upid: str, timeout: float = 300) -> dict:
 
 
 def _qemu_pids() -> list[int]:
+    """pids of this lab's qemu for VM 140 (a lab with another LAB_STATE_DIR is not ours)."""
+    mine = str(state.paths().vm_dir(VMID)).encode()
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -85,7 +87,7 @@ def _qemu_pids() -> list[int]:
                 cmd = (p / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"qemu-system-x86_64") and f"lab-vm{VMID}".encode() in cmd:
+            if cmd.startswith(b"qemu-system-x86_64") and f"lab-vm{VMID}".encode() in cmd and mine in cmd:
                 out.append(int(p.name))
     return out
 

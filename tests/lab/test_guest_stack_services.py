@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -18,11 +19,13 @@ import pytest
 
 from lab import state
 from provisioners.guest import ollama, units, vllm
-from provisioners.pipeline import Deployment
+from provisioners.pipeline import LAB_VLLM_API_KEY, Deployment
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-API_KEY = "lab-vllm-key-7f3a9c1e5b2d"  # a throwaway key for the lab only
+# The lab's fixed public key (or the operator's): the same key as every other lab run, so that
+# runs sharing the lab guest do not rewrite each other's env file.
+API_KEY = os.environ.get("VLLM_API_KEY") or LAB_VLLM_API_KEY
 FAULT = "/etc/lab/faults/vllm-crash-once"
 
 
@@ -105,17 +108,22 @@ def test_install_rerun_verify_and_crash_once(deployment, vm):
     assert arch.actual == "skipped: torch not installed"  # the lab's fake vLLM has no torch
 
     # 4. crash once after start: systemd restarts vLLM, then verify passes again
-    # A manual restart resets NRestarts (systemd.service(5)); the crash's restart counts 1.
-    session.run(f"mkdir -p /etc/lab/faults && touch {FAULT} && systemctl restart {vllm.UNIT}",
-                sudo=True)
-    deadline = time.monotonic() + 300
-    while True:
-        state_now = units.service_state(session, vllm.UNIT)
-        gone = session.run(f"test -e {FAULT}", sudo=True, check=False).exit_code != 0
-        if gone and state_now.n_restarts and state_now.n_restarts > 0 and state_now.active:
-            break
-        assert time.monotonic() < deadline, state_now
-        time.sleep(3)
+    # The fake removes the marker as the service user, so the directory must be vllm's (else it
+    # crashes forever). A manual restart resets NRestarts (systemd.service(5)); the crash's
+    # automatic restart makes it 1.
+    session.run(f"install -d -o {vllm.USER} /etc/lab/faults && touch {FAULT} && "
+                f"systemctl restart {vllm.UNIT}", sudo=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            state_now = units.service_state(session, vllm.UNIT)
+            gone = session.run(f"test -e {FAULT}", sudo=True, check=False).exit_code != 0
+            if gone and state_now.n_restarts and state_now.active:
+                break
+            assert time.monotonic() < deadline, state_now
+            time.sleep(3)
+    finally:
+        session.run(f"rm -f {FAULT}", sudo=True, check=False)  # never leave a crash loop behind
     journal = units.journal_tail(session, vllm.UNIT, 400)
     assert "lab fault vllm-crash-once" in journal
     assert state_now.n_restarts >= 1
