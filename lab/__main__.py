@@ -98,6 +98,7 @@ def cmd_up(args) -> int:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.ready.unlink(missing_ok=True)
     with open(paths.log, "ab") as logf:
+        log_start = logf.tell()
         proc = subprocess.Popen([sys.executable, "-m", "lab", "_serve"], cwd=state.REPO_ROOT,
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(state.REPO_ROOT)})
@@ -108,7 +109,9 @@ def cmd_up(args) -> int:
             _print_endpoints(info)
             return 0
         if proc.poll() is not None:
-            tail = paths.log.read_text(errors="replace").splitlines()[-15:]
+            with open(paths.log, "rb") as fh:  # only this start's lines, not earlier runs'
+                fh.seek(log_start)
+                tail = fh.read().decode(errors="replace").splitlines()[-15:]
             raise DeployError(what="the lab did not start",
                               cause="\n".join(tail), remedy=f"see {paths.log}",
                               exit_code=proc.returncode)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lab import state
 from provisioners.errors import DeployError
-from provisioners.redact import RedactingFilter, register_secret
+from provisioners.redact import RedactingFilter, redact, register_secret
 
 log = logging.getLogger("lab.server")
 DEFAULT_PASSWORD = "lab-secret"
@@ -232,9 +232,17 @@ async def _serve(paths: state.LabPaths, ports: state.Ports, stop: asyncio.Event)
     art = None
     watcher = None
     try:
-        await pve.start(str(cert), str(key))
         loop = asyncio.get_running_loop()
-        art = await loop.run_in_executor(None, _start_artefacts, paths, ports, profile, img)
+        try:
+            await pve.start(str(cert), str(key))
+            art = await loop.run_in_executor(None, _start_artefacts, paths, ports, profile, img)
+        except OSError as exc:
+            raise DeployError(
+                what="the lab cannot listen on its loopback ports",
+                cause=str(exc),
+                remedy=f"another lab or program uses one of {ports.as_dict()}; stop it, or pick "
+                "other ports with LAB_PORT_BASE (e.g. LAB_PORT_BASE=18000)",
+            ) from exc
         watcher = asyncio.ensure_future(pve.watch())
         info = {
             "pid": os.getpid(), "pve_url": f"https://{state.LOOPBACK}:{ports.pve}",
@@ -307,6 +315,7 @@ def serve(paths: state.LabPaths | None = None, ports: state.Ports | None = None)
         return 0
     except DeployError as err:
         log.error("%s", err)
+        print(redact(str(err)), file=sys.stderr, flush=True)
         return 1
     finally:
         paths.pidfile.unlink(missing_ok=True)

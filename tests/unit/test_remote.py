@@ -102,6 +102,8 @@ class Sshd:
 def sshd(tmp_path):
     if not os.path.exists(SSHD) or not shutil.which("ssh-keygen"):
         pytest.skip("OpenSSH server not installed (apt-get install openssh-server)")
+    if not shutil.which("pgrep") or not shutil.which("pkill"):
+        pytest.skip("procps (pgrep/pkill) not installed")
     server = Sshd(tmp_path)
     try:
         server.start()
