@@ -8,8 +8,12 @@ regenerated from the PVE config at every qemu start, as PVE regenerates its clou
 
 Command line (measured recipe, ../shared/DESIGN.md §5): ``-accel tcg,thread=multi,tb-size=256
 -cpu max -machine q35,smm=off`` - ``/dev/kvm`` on the lab machines is a PVM flavour that stock
-Debian kernels hang on; direct ``-kernel/-initrd`` with ``root=/dev/vda``; user-mode networking
-with ``hostfwd`` of 127.0.0.1:{ssh,vllm,ollama} to guest 22/8000/11434; ``-fw_cfg
+Debian kernels hang on; direct ``-kernel/-initrd`` with ``root=/dev/vda``; hermetic user-mode
+networking (issue #3: no test traffic leaves loopback/the guest): ``restrict=on`` cuts the guest
+off from the host and the outside (slirp then drops every guest TCP/UDP flow - DNS to 10.0.2.3
+included - except DHCP/TFTP and the explicit forwards), ``hostfwd`` of
+127.0.0.1:{ssh,vllm,ollama} to guest 22/8000/11434, and one ``guestfwd`` so the guest still
+reaches the lab artefact server as ``http://10.0.2.2:BASE+80``; ``-fw_cfg
 name=opt/lab/gpu,file=.lab/gpu-profile.json`` (guest: ``/sys/firmware/qemu_fw_cfg/by_name/opt/
 lab/gpu/raw``). ``-no-reboot`` is deliberately absent: a reboot inside the guest resets the
 machine in place, like a real VM.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +43,12 @@ from provisioners.errors import DeployError
 from provisioners.redact import redact
 
 QEMU = "qemu-system-x86_64"
+#: relays one guest connection to the artefact server. ``guestfwd=...-cmd:`` (libslirp
+#: ``slirp_add_exec``) spawns it per connection with the socket as stdin/stdout/stderr; the
+#: ``tcp:``/chardev form would accept a single connection for the whole VM life (apt and pip
+#: open many). socat(1) ``STDIO`` <-> ``TCP``; its own messages go to ``relay.log``, not into
+#: the guest's HTTP stream.
+RELAY = "socat"
 #: guest RAM in MiB (env LAB_GUEST_MEMORY_MIB); the PVE ``memory`` of the VM is not used: the lab
 #: machine has little RAM and TCG gains nothing from more
 DEFAULT_MEMORY_MIB = 1024
@@ -206,13 +217,28 @@ class Guest:
         return p
 
     # ---------------------------------------------------------------- process
+    @property
+    def relay_log(self) -> Path:
+        return self.dir / "relay.log"
+
+    def netdev(self) -> str:
+        """The ``-netdev user,...`` value: isolated (``restrict=on``), loopback-only ``hostfwd``s
+        and a per-connection ``guestfwd`` from guest ``10.0.2.2:BASE+80`` to the artefact server
+        on ``127.0.0.1:BASE+80``. Source: qemu-system-x86_64(1) ``-netdev user`` (``restrict``,
+        ``hostfwd``, ``guestfwd=[tcp]:server:port-cmd:command``)."""
+        p = self.ports
+        relay = " ".join(shlex.quote(a) for a in (
+            RELAY, "-lf", str(self.relay_log), "-", f"TCP:{state.LOOPBACK}:{p.artefacts}"))
+        opts = ["user", "id=n0", "restrict=on"]
+        opts += [f"hostfwd=tcp:{state.LOOPBACK}:{host}-:{guest}"
+                 for host, guest in ((p.ssh, 22), (p.vllm, 8000), (p.ollama, 11434))]
+        # qemu option syntax: a literal comma inside a value is written ",,"
+        opts.append(f"guestfwd=tcp:{state.GUEST_GATEWAY}:{p.artefacts}-cmd:"
+                    + relay.replace(",", ",,"))
+        return ",".join(opts)
+
     def command(self, settings: GuestSettings) -> list[str]:
         """The qemu command line (list of argv strings)."""
-        p = self.ports
-        fwd = ",".join(
-            f"hostfwd=tcp:{state.LOOPBACK}:{host}-:{guest}"
-            for host, guest in ((p.ssh, 22), (p.vllm, 8000), (p.ollama, 11434))
-        )
         nic = "virtio-net-pci,netdev=n0"
         mac = _mac(settings.config)
         if mac:
@@ -226,7 +252,7 @@ class Guest:
             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap",
             "-drive", f"file={self.seed},if=virtio,format=raw,readonly=on",
-            "-netdev", f"user,id=n0,{fwd}", "-device", nic,
+            "-netdev", self.netdev(), "-device", nic,
             "-device", "virtio-rng-pci",
             "-fw_cfg", f"name=opt/lab/gpu,file={self.write_gpu_profile_default()}",
             "-chardev", f"file,id=ser0,path={self.paths.console_log},append=on",
@@ -251,6 +277,10 @@ class Guest:
         if not shutil.which(QEMU):
             raise DeployError(what="start failed: qemu-system-x86_64 not found",
                               remedy="apt-get install qemu-system-x86 qemu-utils")
+        if not shutil.which(RELAY):
+            # qemu would start, but every guest connection to the artefact server would fail
+            raise DeployError(what=f"start failed: {RELAY} not found (lab artefact relay)",
+                              remedy=f"apt-get install {RELAY}")
         self.ensure_overlay(settings.disk_gib)
         cloudinit.write_iso(cloudinit.render(settings.config, self.vmid), self.seed)
         for stale in (self.qmp_path, self.pidfile):
