@@ -11,7 +11,8 @@ Command line (measured recipe, ../shared/DESIGN.md §5): ``-accel tcg,thread=mul
 Debian kernels hang on; direct ``-kernel/-initrd`` with ``root=/dev/vda``; hermetic user-mode
 networking (issue #3: no test traffic leaves loopback/the guest): ``restrict=on`` cuts the guest
 off from the host and the outside (slirp then drops every guest TCP/UDP flow - DNS to 10.0.2.3
-included - except DHCP/TFTP and the explicit forwards), ``hostfwd`` of
+included - except DHCP/TFTP and the explicit forwards; ``ipv6=off``; slirp's own address
+moved to :data:`SLIRP_HOST`), ``hostfwd`` of
 127.0.0.1:{ssh,vllm,ollama} to guest 22/8000/11434, and one ``guestfwd`` so the guest still
 reaches the lab artefact server as ``http://10.0.2.2:BASE+80``; ``-fw_cfg
 name=opt/lab/gpu,file=.lab/gpu-profile.json`` (guest: ``/sys/firmware/qemu_fw_cfg/by_name/opt/
@@ -49,6 +50,12 @@ QEMU = "qemu-system-x86_64"
 #: open many). socat(1) ``STDIO`` <-> ``TCP``; its own messages go to ``relay.log``, not into
 #: the guest's HTTP stream.
 RELAY = "socat"
+#: slirp's own "host" address inside the guest network. Not the default 10.0.2.2: libslirp
+#: refuses a ``guestfwd`` on its host (or DNS) address ("Conflicting/invalid host:port in guest
+#: forwarding rule"), and 10.0.2.2 must stay the catalog's gateway + artefact server address.
+#: slirp answers ARP for guestfwd addresses, so the guest's gateway 10.0.2.2 still resolves;
+#: inside the guest, forwarded SSH connections come from this address.
+SLIRP_HOST = "10.0.2.254"
 #: guest RAM in MiB (env LAB_GUEST_MEMORY_MIB); the PVE ``memory`` of the VM is not used: the lab
 #: machine has little RAM and TCG gains nothing from more
 DEFAULT_MEMORY_MIB = 1024
@@ -229,7 +236,9 @@ class Guest:
         p = self.ports
         relay = " ".join(shlex.quote(a) for a in (
             RELAY, "-lf", str(self.relay_log), "-", f"TCP:{state.LOOPBACK}:{p.artefacts}"))
-        opts = ["user", "id=n0", "restrict=on"]
+        # ipv6=off: libslirp applies ``restrict`` to IPv4 (ip_input) but its ip6_input has no
+        # such check; the lab guest is IPv4-only (catalog ipconfig0), so offer no IPv6 at all
+        opts = ["user", "id=n0", "restrict=on", "ipv6=off", f"host={SLIRP_HOST}"]
         opts += [f"hostfwd=tcp:{state.LOOPBACK}:{host}-:{guest}"
                  for host, guest in ((p.ssh, 22), (p.vllm, 8000), (p.ollama, 11434))]
         # qemu option syntax: a literal comma inside a value is written ",,"

@@ -81,9 +81,18 @@ _ROOTFS_FILES: dict[str, str] = {
 # Files written in stage 2 (cheap to change). Part of the full recipe hash.
 _IMAGE_FILES: dict[str, str] = {
     # debootstrap copies the build host's resolv.conf; ifupdown without resolvconf ignores the
-    # dns-nameservers cloud-init renders, so point at qemu user-mode networking's resolver.
-    "etc/resolv.conf": "# lab image: qemu user-mode networking resolver\nnameserver 10.0.2.3\n",
+    # dns-nameservers cloud-init renders, so point at qemu user-mode networking's resolver. The
+    # lab guest runs with restrict=on (lab/guest.py), where slirp silently drops DNS too: fail a
+    # lookup in ~1 s instead of 10 s (resolv.conf(5) timeout/attempts); the lab uses IPs only.
+    "etc/resolv.conf": ("# lab image: qemu user-mode networking resolver (unreachable under "
+                        "restrict=on)\nnameserver 10.0.2.3\noptions timeout:1 attempts:1\n"),
+    # Hermetic guest (issue #3): no apt source outside the lab; the product adds the lab repo.
+    # (Stage 1 keeps the Debian mirror for debootstrap; it is replaced here, not there, so the
+    # slow debootstrap stage stays cached.)
+    "etc/apt/sources.list": "# lab image: no sources outside the lab (the deployer adds its own)\n",
 }
+#: directories emptied in stage 2 (apt sources that debootstrap may have written)
+_IMAGE_EMPTIED_DIRS = ("etc/apt/sources.list.d",)
 _CHROOT_SCRIPT = r"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive LANG=C LC_ALL=C
@@ -175,7 +184,7 @@ def recipe(guestfs: Path = GUESTFS_DIR) -> dict:
         for rel, kind, mode, data in _guestfs_entries(guestfs)
     ]
     return {"rootfs": rootfs_recipe(), "disk_gib": DISK_GIB, "image_files": _IMAGE_FILES,
-            "guestfs": files}
+            "emptied_dirs": list(_IMAGE_EMPTIED_DIRS), "guestfs": files}
 
 
 def _hash(obj: dict) -> str:
@@ -339,6 +348,11 @@ def build(guestfs: Path = GUESTFS_DIR, *, force: bool = False) -> BaseImage:
             tree = tmp / "rootfs"
             _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)], "copy rootfs")
             (tree / ".complete").unlink(missing_ok=True)
+            for rel in _IMAGE_EMPTIED_DIRS:
+                d = tree / rel
+                d.mkdir(parents=True, exist_ok=True)
+                for entry in d.iterdir():
+                    entry.unlink()
             for rel, text in _IMAGE_FILES.items():
                 p = tree / rel
                 if p.is_symlink():

@@ -201,6 +201,50 @@ def test_port_forwards_reach_the_guest(booted, lab):
     socket.create_connection(("127.0.0.1", lab["ports"]["ssh"]), timeout=5).close()
 
 
+def test_guest_network_is_hermetic(booted, lab):
+    """issue #3: the guest reaches the lab artefact server (guestfwd, several connections) and
+    nothing else - not the host's other loopback services, not DNS, not the outside."""
+    [pid] = _qemu_pids()
+    netdev = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    netdev = netdev[netdev.index(b"-netdev") + 1].decode()
+    # checked first so that a regression can never send this test's probes to the internet
+    assert "restrict=on" in netdev.split(","), netdev
+    art = f"http://10.0.2.2:{lab['ports']['artefacts']}/"
+    for _ in range(3):  # a tcp:/chardev guestfwd would serve only the first connection
+        code, out, err = _run(booted, f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' {art}")
+        assert (code, out, err) == (0, "200", "")
+    # host loopback services other than the forward: reachable as 10.0.2.2 without restrict=on
+    code, _out, err = _run(booted, f"curl -sSk -m 5 https://10.0.2.2:{lab['ports']['pve']}/")
+    assert code in (7, 28), err  # refused/timed out by slirp (0 without restrict=on)
+    code, _out, err = _run(booted, "getent hosts deb.debian.org")
+    assert code == 2  # no DNS (slirp drops it under restrict=on)
+    code, _out, err = _run(booted, "curl -sS -m 5 http://deb.debian.org/")
+    assert code == 6, err  # could not resolve host
+    code, _out, err = _run(booted, "curl -sS -m 5 http://1.1.1.1/")
+    assert code in (7, 28), err
+
+
+def test_apt_update_talks_only_to_the_lab_repo(booted, lab):
+    code, out, err = _run(booted, "grep -rhsE '^[^#]*(deb|URIs:)' /etc/apt/sources.list "
+                                  "/etc/apt/sources.list.d/")
+    assert (code, out) == (1, ""), out  # the image has no apt source of its own
+    base = f"http://10.0.2.2:{lab['ports']['artefacts']}"
+    code, out, err = _run(
+        booted, f"curl -fsS -m 20 {base}/apt/lab-archive-key.asc | sudo gpg --dearmor "
+        "--yes -o /usr/share/keyrings/lab.gpg && echo 'deb [signed-by=/usr/share/keyrings/lab.gpg]"
+        f" {base}/apt stable main' | sudo tee /etc/apt/sources.list.d/lab.list")
+    assert code == 0, err
+    t0 = time.monotonic()
+    code, out, err = _run(booted, "sudo DEBIAN_FRONTEND=noninteractive apt-get update", timeout=300)
+    TIMES["apt_update_lab_repo_s"] = round(time.monotonic() - t0, 1)
+    assert code == 0, out + err
+    assert err == "", err  # no W:/E: (unreachable sources, missing Release...)
+    fetched = [ln for ln in out.splitlines() if ln.startswith(("Get:", "Hit:", "Ign:", "Err:"))]
+    assert fetched and all(f" {base}/apt " in ln for ln in fetched), out
+    code, out, err = _run(booted, "apt-cache policy ubuntu-drivers-common")
+    assert code == 0 and f"{base}/apt stable/main" in out, out + err
+
+
 def test_reboot_from_inside_the_guest_resets_in_place(booted, lab, pve):
     pids = _qemu_pids()
     before = _boot_id(booted)

@@ -101,6 +101,95 @@ def test_qemu_command_line_follows_the_measured_recipe(tmp_path):
     assert (tmp_path / ".lab" / "gpu-profile.json").exists()
 
 
+def _netdev_opts(cmd: list[str]) -> list[str]:
+    """The ``-netdev`` value split like qemu's option parser (",," is a literal comma)."""
+    value = cmd[cmd.index("-netdev") + 1]
+    return [o.replace("\0", ",") for o in value.replace(",,", "\0").split(",")]
+
+
+def test_guest_network_is_hermetic(tmp_path):
+    """issue #3: restrict=on, forwards bound to loopback only, one guestfwd to the artefacts."""
+    g = _guest(tmp_path)
+    cmd = g.command(guest.GuestSettings.from_pve(140, {}))
+    assert cmd.count("-netdev") == 1 and not any(a.startswith("-nic") for a in cmd)
+    opts = _netdev_opts(cmd)
+    assert opts[0] == "user" and "restrict=on" in opts and "ipv6=off" in opts
+    assert "host=10.0.2.254" in opts  # qemu refuses a guestfwd on slirp's own (default) address
+    hostfwds = sorted(o for o in opts if o.startswith("hostfwd="))
+    assert hostfwds == ["hostfwd=tcp:127.0.0.1:17022-:22", "hostfwd=tcp:127.0.0.1:17434-:11434",
+                        "hostfwd=tcp:127.0.0.1:17800-:8000"]
+    guestfwds = [o for o in opts if o.startswith("guestfwd=")]
+    assert len(guestfwds) == 1
+    # cmd: (one process per connection), not a tcp:/chardev target (one connection per VM life)
+    assert guestfwds[0].startswith("guestfwd=tcp:10.0.2.2:17080-cmd:")
+    assert guestfwds[0].endswith(" - TCP:127.0.0.1:17080")
+    assert not [o for o in opts if o.split("=")[0] not in
+                ("user", "id", "restrict", "ipv6", "host", "hostfwd", "guestfwd")]
+
+
+def test_qemu_accepts_the_netdev(tmp_path):
+    """qemu itself parses the -netdev (paused, no machine, no guest; ports far from any lab)."""
+    import shutil
+    import subprocess
+    if not shutil.which(guest.QEMU):
+        pytest.skip("qemu-system-x86_64 not installed")
+    g = guest.Guest(140, _guest(tmp_path).image, state.LabPaths(tmp_path / ".lab"),
+                    state.Ports(int(os.environ.get("LAB_TEST_NETDEV_BASE", "63000"))))
+    proc = subprocess.run([guest.QEMU, "-S", "-machine", "none", "-nodefaults", "-display", "none",
+                           "-netdev", g.netdev(), "-qmp", "stdio"], input='{"execute": "qmp_capabilities"}\n'
+                          '{"execute": "quit"}\n', capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "Conflicting" not in proc.stderr and "Invalid" not in proc.stderr
+
+
+def test_guestfwd_relay_carries_several_http_connections(tmp_path):
+    """Run the guestfwd command the way libslirp does (socket on stdin/stdout/stderr, one process
+    per connection) against a local HTTP server: two connections, both complete."""
+    import http.server
+    import shlex
+    import shutil
+    import socket
+    import subprocess
+    import threading
+    if not shutil.which(guest.RELAY):
+        pytest.fail(f"{guest.RELAY} is a lab host package (lab/host-packages.txt)")
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_bytes(b"lab artefacts " * 5000)  # > one socket buffer
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        g = guest.Guest(140, _guest(tmp_path).image, state.LabPaths(tmp_path / ".lab"),
+                        state.Ports(httpd.server_address[1] - 80))
+        g.dir.mkdir(parents=True)
+        fwd = [o for o in _netdev_opts(g.command(guest.GuestSettings.from_pve(140, {})))
+               if o.startswith("guestfwd=")][0]
+        argv = shlex.split(fwd.split("-cmd:", 1)[1])  # g_shell_parse_argv follows sh quoting
+        for _ in range(2):
+            ours, theirs = socket.socketpair()
+            relay = subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=theirs)
+            theirs.close()
+            ours.sendall(b"GET /index.html HTTP/1.0\r\nHost: 10.0.2.2\r\n\r\n")
+            data = b""
+            ours.settimeout(10)
+            while chunk := ours.recv(65536):
+                data += chunk
+            ours.close()
+            assert relay.wait(timeout=10) == 0
+            assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"lab artefacts " * 5000)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_image_has_no_apt_source_outside_the_lab():
+    rec = image.recipe()
+    sources = rec["image_files"]["etc/apt/sources.list"]
+    assert not [ln for ln in sources.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert "etc/apt/sources.list.d" in rec["emptied_dirs"]
+    assert "python3-venv" in image.PACKAGES and "build-essential" in image.PACKAGES
+
+
 @pytest.mark.parametrize("cfg,gib", [
     ({"scsi0": "local-lvm:vm-140-disk-0,size=8G"}, 8),
     ({"scsi0": "local-lvm:vm-140-disk-0,iothread=1,size=20480M"}, 20),
