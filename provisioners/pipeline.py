@@ -643,15 +643,16 @@ class Deployment:
         return session
 
     def _vm_generation(self) -> str | None:
-        """PVE's ``vmgenid`` of the VM (new for every re-created VM), so that the SSH host-key
-        pinning of :mod:`provisioners.remote` re-pins a re-created VM instead of refusing it.
-        None when the PVE side cannot be read (e.g. a guest reached without API access)."""
+        """The VM's creation marker (``provisioners.remote.vm_generation``: PVE ``meta ctime``,
+        else ``vmgenid``), so that SSH host-key pinning re-pins a re-created VM instead of
+        refusing it. None when the PVE side cannot be read (a guest reached without API access)."""
+        remote = require("provisioners.remote", "issue #4, SSH session")
         try:
             live_mod = require("provisioners.vm.live", "issue #2, VM lifecycle")
             live = live_mod.read_live(self.connect(), self.vmid)
         except (DeployError, NotImplementedError):
             return None
-        return None if live is None else (str(live.config.get("vmgenid") or "") or None)
+        return None if live is None else remote.vm_generation(live.config)
 
     def reach(self) -> str:
         """Open the SSH session and return the guest's ``/etc/machine-id`` - an identity that
