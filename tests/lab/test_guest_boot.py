@@ -209,6 +209,14 @@ def test_guest_network_is_hermetic(booted, lab):
     netdev = netdev[netdev.index(b"-netdev") + 1].decode()
     # checked first so that a regression can never send this test's probes to the internet
     assert "restrict=on" in netdev.split(","), netdev
+    for name in ("ssh", "vllm", "ollama"):  # qemu's hostfwd listeners: loopback only
+        port = f"{lab['ports'][name]:04X}"
+        listen = [ln.split()[1] for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                  if ln.split()[1].endswith(":" + port) and ln.split()[3] == "0A"]
+        tcp6 = Path("/proc/net/tcp6")
+        v6 = [ln for ln in (tcp6.read_text() if tcp6.exists() else "").splitlines()[1:]
+              if ln.split()[1].endswith(":" + port) and ln.split()[3] == "0A"]
+        assert listen == [f"0100007F:{port}"] and not v6, (name, listen, v6)
     art = f"http://10.0.2.2:{lab['ports']['artefacts']}/"
     for _ in range(3):  # a tcp:/chardev guestfwd would serve only the first connection
         code, out, err = _run(booted, f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' {art}")
