@@ -170,17 +170,20 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And vllm.service and ollama.service have the same main PID and start time
     And the GPU checks of the verify ladder still pass
 
-  # Seed scenario 8: a failed driver install stops clearly and can be resumed.
-  # @wip: the lab's GPU profile applies at the next guest start, so an already installed driver
-  # never meets the failing package; needs a lab way to fail the next driver install in place.
-  @failure @driver @destructive @lab @wip
+  # Seed scenario 8: a failed driver install stops clearly and can be resumed. A VM that already has
+  # the driver never meets the failing package, so this scenario re-creates VM 140 (lab only:
+  # @destructive) on the `driver-install-fails` GPU profile, whose DKMS postinst fails like a build
+  # failure. It runs last: the re-run after the fix leaves the lab with a converged, verified VM.
+  @failure @driver @destructive @lab
   Scenario: A failing driver install stops at the driver and a re-run after the fix succeeds
-    Given VM 140 is running and reachable over SSH
-    And the lab GPU profile is "driver-install-fails"
+    Given the lab GPU profile is "driver-install-fails"
+    And VM 140 is re-created from the catalog and its guest bootstrapped
+    And VM 140 is running and reachable over SSH
     When converging the "driver" component is attempted
     Then the deployment stops at the driver with the command, its exit code, the last log lines and a remedy
     And VM 140 is still running and reachable over SSH
     When the lab GPU profile is "rtx5060ti"
-    And the "driver" component is converged
-    Then the "driver" component reports changed or ok
+    And the deployment runs again from the catalog
+    Then the re-run reports every component changed or ok, none failed
     And VM 140 was not re-created
+    And the GPU checks of the verify ladder still pass

@@ -212,14 +212,38 @@ class Deployment:
         line) or DeployError when the VM entry is absent.
         """
         catalog_mod = require("provisioners.catalog", "issue #2, catalog")
+        if self.target == "lab":
+            # The lab's key pair is part of the lab catalog (cloud-init sshkeys); make it on first
+            # use so a fresh clone can plan before the lab has ever started.
+            require("lab.server", "issue #3, lab").ensure_ssh_key(require("lab.state", "issue #3, lab").paths())
         if check_files is None:
             check_files = self.target == "proxmox" or self.lab_up
-        self.catalog = catalog_mod.load_catalog(self.catalog_path, check_files=check_files)
+        self.catalog = catalog_mod.load_catalog(self._catalog_file_to_load(), check_files=check_files)
         self.vm = self.catalog.vm(self.vm_name)
         self.files_checked = check_files
         note = "" if check_files else "\n(referenced files not checked yet: the lab creates them when it starts)"
         self.show("catalog file", f"{self.catalog_path}{note}\n\n{self.catalog_path.read_text(encoding='utf-8')}")
         return self.catalog
+
+    def _catalog_file_to_load(self) -> Path:
+        """The catalog file to parse. On target ``lab`` the catalog names the default lab's
+        loopback ports (17xxx, ``LAB_PORT_BASE`` 17000) and state directory (``../.lab/``); a lab
+        started with another ``LAB_PORT_BASE`` or ``LAB_STATE_DIR`` (an isolated lab beside the
+        shared one) gets a copy with its own ports and paths, written to
+        ``<state dir>/catalog-<name>``. Ports are the lab's offsets (lab/state.py ``Ports``)."""
+        if self.target != "lab":
+            return self.catalog_path
+        lab_state = require("lab.state", "issue #3, lab")
+        root, base = lab_state.paths().root, lab_state.port_base()
+        if root == REPO_ROOT / ".lab" and base == lab_state.DEFAULT_PORT_BASE:
+            return self.catalog_path
+        text = self.catalog_path.read_text(encoding="utf-8")
+        text = re.sub(r"\b17(006|022|080|800|434)\b", lambda m: str(base + int(m.group(1))), text)
+        text = text.replace("../.lab/", f"{root}/")
+        root.mkdir(parents=True, exist_ok=True)
+        derived = root / f"catalog-{self.catalog_path.name}"
+        derived.write_text(text, encoding="utf-8")
+        return derived
 
     def _need_catalog(self) -> None:
         if self.vm is None:
@@ -655,11 +679,50 @@ class Deployment:
         return None if live is None else remote.vm_generation(live.config)
 
     def reach(self) -> str:
-        """Open the SSH session and return the guest's ``/etc/machine-id`` - an identity that
-        changes when the VM is re-created (cloud-init gives a new instance a new one)."""
+        """Open the SSH session and return the VM's identity: the guest's ``/etc/machine-id``
+        (a re-created VM boots a new instance, which gets a new one) and the VM's PVE creation
+        marker (``meta ctime``, see :meth:`_vm_generation`), as one line of text."""
         machine_id = self.open_session().run("cat /etc/machine-id", check=True).stdout.strip()
-        self.show("guest identity", f"/etc/machine-id = {machine_id}")
-        return machine_id
+        identity = f"/etc/machine-id {machine_id}, PVE creation {self._vm_generation() or 'unknown'}"
+        self.show("guest identity", identity)
+        return identity
+
+    def recreate_vm(self) -> list[OpResult]:
+        """Lab only (a deliberate, destructive reset): destroy the catalog's VM when it exists
+        (only a VM carrying the managed marker - ``provisioners.vm.destroy_vm`` refuses any
+        other), deploy it afresh from the catalog and bootstrap the guest. Scenarios that need a
+        guest without any driver start here. Returns the operation results (also recorded).
+        Raises DeployError on target ``proxmox`` or when a step fails."""
+        if self.target != "lab":
+            raise DeployError(what="re-creating the VM is a lab-only step", cause="target is proxmox",
+                              remedy="run this scenario with -D target=lab, or exclude @destructive")
+        self.close()  # the session belongs to the VM about to go
+        with self.busy(f"VM {self.vmid}: destroying"):
+            results = self.destroy(confirm=True)
+        results += self.ensure_vm()
+        return results + self.bootstrap_guest()
+
+    def driver_failure_problems(self, err: DeployError) -> list[str]:
+        """What a failed driver install must tell the operator, checked on its DeployError: the
+        failed command (an apt-get install of an ``nvidia-driver-*`` package), its non-zero exit
+        code, the last lines of the failing log (the last line of the DKMS ``make.log`` or of the
+        apt output, quoted in the cause) and a remedy that says the step can be re-run.
+        Returns problems (empty = the error explains itself)."""
+        problems = []
+        command = err.command or ""
+        if "install" not in command or "nvidia-driver-" not in command:
+            problems.append(f"command: {command!r} is not the driver install")
+        if not err.exit_code:
+            problems.append(f"exit code: {err.exit_code!r}, expected the install's non-zero status")
+        evidence = err.evidence or {}
+        log = evidence.get("dkms make.log") or evidence.get("apt output") or ""
+        last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+        if not last or last not in (err.cause or ""):
+            problems.append(f"log lines: the cause does not quote the failing log's last line {last!r}")
+        if "re-run" not in (err.remedy or ""):
+            problems.append(f"remedy: {err.remedy!r} does not say what to fix and to re-run")
+        self.show("driver error", str(err))
+        return problems
 
     def error_explanation_problems(self, err: DeployError, what: str) -> list[str]:
         """An operator error about the GPU must name the PCI device (the catalog's address or

@@ -68,15 +68,25 @@ def step_same_services(context):
     assert after == context.service_snapshot, f"services restarted:\nbefore {context.service_snapshot}\nafter  {after}"
 
 
+@given("VM {vmid:d} is re-created from the catalog and its guest bootstrapped")
+def step_recreate(context, vmid):
+    assert context.deployment.vmid == vmid, f"the catalog's VM is {context.deployment.vmid}, not {vmid}"
+    context.deployment.recreate_vm()
+
+
 @then("the deployment stops at the driver with the command, its exit code, the last log lines and a remedy")
 def step_driver_failure_explained(context):
-    err = context.error
-    missing = [what for what, present in (("command", err.command), ("exit code", err.exit_code is not None),
-                                           ("log lines", err.cause), ("remedy", err.remedy)) if not present]
-    assert not missing, f"the driver error lacks: {', '.join(missing)}\n{err}"
+    problems = context.deployment.driver_failure_problems(context.error)
+    assert not problems, "\n".join(problems) + f"\n\nthe error:\n{context.error}"
+
+
+@then("the re-run reports every component changed or ok, none failed")
+def step_rerun_ok(context):
+    failed = [f"{r.component}: {r.result}" for r in context.redeploy_records if r.result.status == "failed"]
+    assert not failed, "the re-run failed:\n" + "\n".join(failed)
 
 
 @then("VM {vmid:d} was not re-created")
 def step_not_recreated(context, vmid):
-    assert context.deployment.reach() == context.guest_identity, \
-        f"VM {vmid} has a new /etc/machine-id: it was re-created"
+    now = context.deployment.reach()
+    assert now == context.guest_identity, f"VM {vmid} was re-created:\nbefore {context.guest_identity}\nnow    {now}"
