@@ -30,7 +30,7 @@ import testinfra.backend.base
 import testinfra.host
 
 from provisioners.errors import DeployError
-from provisioners.guest.base import Check
+from provisioners.guest.base import Check, vm_get
 from provisioners.parsers import dmesg as dmesg_parser
 from provisioners.parsers import lspci as lspci_parser
 from provisioners.parsers import nvidia_smi
@@ -115,15 +115,6 @@ def infra_host(session: Any) -> testinfra.host.Host:
 # the GPU rungs
 
 
-def _vm_get(vm: Any, path: str, default: Any = None) -> Any:
-    cur = vm
-    for part in path.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part) if isinstance(cur, dict) else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
 def _evidence(cmd: str, r: Any) -> str:
     out = (r.stdout + ("\n" + r.stderr if r.stderr.strip() else "")).strip()
     return redact(f"$ {cmd}\n{out}\n(exit {r.rc})")
@@ -134,7 +125,7 @@ def check_lspci(host: Any, session: Any, vm: Any) -> list[Check]:
     """The catalog's GPU (``gpu.expected.pci_id``, e.g. 10de:2d04) is in ``lspci -nnk`` and bound
     to the ``nvidia`` driver (matched by numeric id: lspci may print ``NVIDIA Corporation
     Device``)."""
-    pci_id = str(_vm_get(vm, "gpu.expected.pci_id", "")).lower()
+    pci_id = str(vm_get(vm, "gpu.expected.pci_id", "")).lower()
     cmd = "lspci -nnk -d 10de:"
     r = host.run(cmd)
     devs = [d for d in lspci_parser.parse(r.stdout) if d.vendor_device == pci_id]
@@ -150,8 +141,8 @@ def check_lspci(host: Any, session: Any, vm: Any) -> list[Check]:
 def check_nvidia_smi(host: Any, session: Any, vm: Any) -> list[Check]:
     """``nvidia-smi --query-gpu=name,memory.total,driver_version``: name and memory.total (MiB)
     equal the catalog's ``gpu.expected.name|memory_mib``; a driver version is shown."""
-    name = _vm_get(vm, "gpu.expected.name")
-    mib = _vm_get(vm, "gpu.expected.memory_mib")
+    name = vm_get(vm, "gpu.expected.name")
+    mib = vm_get(vm, "gpu.expected.memory_mib")
     r = host.run(SMI_QUERY)
     ev = _evidence(SMI_QUERY, r)
     rows = nvidia_smi.parse_query_csv(r.stdout, ["name", "memory.total", "driver_version"]) \

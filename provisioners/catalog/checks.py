@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import math
 import os
 import re
 import stat
@@ -19,6 +18,7 @@ import yaml
 from provisioners.catalog.errors import CatalogIssue
 from provisioners.catalog.model import Catalog, NetworkSpec, VmSpec
 from provisioners.catalog.yamlpos import Loc, children, loc_to_path, mark, position
+from provisioners.guest.vram import compute_budget
 from provisioners.redact import register_secret
 
 # ------------------------------------------------------------------------- secret keys
@@ -191,15 +191,16 @@ def _check_vm_ip(issues: _Issues, here: Loc, vm: VmSpec, net: NetworkSpec,
 
 def _check_vram_budget(issues: _Issues, here: Loc, vm: VmSpec) -> None:
     """vLLM reserves ``gpu_memory_utilization`` x the GPU's memory (MiB, rounded up); Ollama's
-    ``vram_mib`` must fit in what is left."""
+    ``vram_mib`` must fit in what is left. The arithmetic is :func:`compute_budget`'s, so the
+    catalog and the plan-time check agree to the MiB."""
     vllm, ollama, gpu = vm.stack.vllm, vm.stack.ollama, vm.gpu.expected
-    vllm_mib = math.ceil(vllm.gpu_memory_utilization * gpu.memory_mib)
-    if vllm_mib + ollama.vram_mib > gpu.memory_mib:
+    budget = compute_budget(gpu.memory_mib, vllm.gpu_memory_utilization, ollama.vram_mib)
+    if not budget.fits:
         issues.add(here + ("stack", "ollama", "vram_mib"),
-                   f"vLLM reserves {vllm.gpu_memory_utilization} x {gpu.memory_mib} MiB = {vllm_mib} MiB and "
-                   f"Ollama's budget is {ollama.vram_mib} MiB: {vllm_mib + ollama.vram_mib} MiB > the GPU's "
+                   f"vLLM reserves {vllm.gpu_memory_utilization} x {gpu.memory_mib} MiB = {budget.vllm_mib} MiB and "
+                   f"Ollama's budget is {ollama.vram_mib} MiB: {budget.total_mib} MiB > the GPU's "
                    f"{gpu.memory_mib} MiB",
-                   f"vram_mib <= {max(gpu.memory_mib - vllm_mib, 0)}",
+                   f"vram_mib <= {max(gpu.memory_mib - budget.vllm_mib, 0)}",
                    "lower stack.vllm.gpu_memory_utilization or stack.ollama.vram_mib (vLLM fails to start, or "
                    "Ollama falls back to CPU, when they do not fit)")
 

@@ -52,3 +52,15 @@ class Component(Protocol):
     def apply(self, session: Any, facts: Facts, changes: list[Change]) -> list[OpResult]: ...
 
     def verify(self, session: Any) -> list[Check]: ...
+
+
+def vm_get(vm: Any, path: str, default: Any = None) -> Any:
+    """The value at the dotted ``path`` (e.g. ``"stack.cuda.version"``) of a catalog VM, walking
+    attributes or dict keys alike (so a :class:`~provisioners.catalog.VmSpec`, a plain dict or a
+    test's ``SimpleNamespace`` all work); ``default`` when any step is missing or None."""
+    cur = vm
+    for part in path.split("."):
+        if cur is None:
+            return default
+        cur = cur.get(part) if isinstance(cur, dict) else getattr(cur, part, None)
+    return default if cur is None else cur

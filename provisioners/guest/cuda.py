@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from provisioners.errors import DeployError
-from provisioners.guest.base import Check, Facts
+from provisioners.guest.base import Check, Facts, vm_get
 from provisioners.guest.bootstrap import (
     DPKG_QUERY, apt_get, download_sh, is_installed, parse_dpkg_query,
 )
@@ -147,15 +147,6 @@ def parse_nvcc(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _vm_get(vm: Any, path: str, default: Any = None) -> Any:
-    cur = vm
-    for part in path.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part) if isinstance(cur, dict) else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
 def sample_script(version: str) -> str:
     """Bash that runs the first CUDA sample found (see module docstring), printing
     ``@@sample <path>`` then its output; exit 44 when none is installed."""
@@ -183,9 +174,9 @@ class CudaComponent:
 
     def __init__(self, vm: Any, *, install_timeout_s: float = 3600) -> None:
         self.vm = vm
-        self.version = str(_vm_get(vm, "stack.cuda.version", ""))
-        self.keyring_url = str(_vm_get(vm, "stack.cuda.keyring_url", ""))
-        self.pci_id = str(_vm_get(vm, "gpu.expected.pci_id", "")).lower()
+        self.version = str(vm_get(vm, "stack.cuda.version", ""))
+        self.keyring_url = str(vm_get(vm, "stack.cuda.keyring_url", ""))
+        self.pci_id = str(vm_get(vm, "gpu.expected.pci_id", "")).lower()
         self.install_timeout_s = install_timeout_s
 
     @property

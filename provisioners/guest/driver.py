@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from provisioners.errors import DeployError
-from provisioners.guest.base import Check, Facts
+from provisioners.guest.base import Check, Facts, vm_get
 from provisioners.guest.bootstrap import DPKG_QUERY, apt_get, is_installed, parse_dpkg_query
 from provisioners.parsers import dmesg as dmesg_parser
 from provisioners.parsers import lspci as lspci_parser
@@ -194,15 +194,6 @@ PROBES = {
 }
 
 
-def _vm_get(vm: Any, path: str, default: Any = None) -> Any:
-    cur = vm
-    for part in path.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part) if isinstance(cur, dict) else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
 def facts_from_outputs(outputs: dict[str, tuple[int, str]], pci_id: str) -> Facts:
     """Build :class:`Facts` from probe outputs (name -> (exit code, text)); pure, so that the
     plan is tested on corpus outputs. ``values`` keys: ``options`` (list[DriverOption]),
@@ -296,11 +287,11 @@ class DriverComponent:
                  reboot_timeout_s: float = 900, install_timeout_s: float = 2400,
                  diagnose: Callable[[dict[str, str]], Any] | None = None) -> None:
         self.vm = vm
-        self.pci_id = str(_vm_get(vm, "gpu.expected.pci_id", "")).lower()
-        self.flavour = str(_vm_get(vm, "stack.driver.flavour", "open"))
-        self.min_branch = int(_vm_get(vm, "stack.driver.min_branch", 0))
-        self.expected_name = _vm_get(vm, "gpu.expected.name")
-        self.expected_mib = _vm_get(vm, "gpu.expected.memory_mib")
+        self.pci_id = str(vm_get(vm, "gpu.expected.pci_id", "")).lower()
+        self.flavour = str(vm_get(vm, "stack.driver.flavour", "open"))
+        self.min_branch = int(vm_get(vm, "stack.driver.min_branch", 0))
+        self.expected_name = vm_get(vm, "gpu.expected.name")
+        self.expected_mib = vm_get(vm, "gpu.expected.memory_mib")
         self.reboot = reboot or _default_reboot
         self.reboot_timeout_s = reboot_timeout_s
         self.install_timeout_s = install_timeout_s

@@ -205,16 +205,7 @@ class OllamaComponent:
                                       f"OLLAMA_HOST={s.bind}" if field == "override"
                                       else "rendered from the catalog"))
                 restart.append(field)
-        service: units.ServiceState = v["service"]
-        if not service.enabled:
-            changes.append(Change("update", "ollama", "enabled", service.unit_file_state or None,
-                                  "enabled"))
-        if not service.active:
-            changes.append(Change("update", "ollama", "running", service.active_state or None,
-                                  "active", "start the service"))
-        elif restart:
-            changes.append(Change("needs-restart", "ollama", "running", "active", "active",
-                                  "restart to apply: " + ", ".join(restart)))
+        changes.extend(units.plan_service("ollama", v["service"], restart))
         return changes
 
     # -- apply ----------------------------------------------------------------------------------

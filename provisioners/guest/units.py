@@ -40,7 +40,7 @@ import jinja2
 
 from provisioners.errors import DeployError
 from provisioners.redact import redact
-from provisioners.results import OpResult
+from provisioners.results import Change, OpResult
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 MANAGED_MARKER = "Managed by the GPU LLM machine deployer; local edits are overwritten."
@@ -405,6 +405,24 @@ def ensure_running(session: Any, state: ServiceState, *, restart_reasons: Iterab
         return _timed(name, "changed", "restarted: " + ", ".join(reasons), start)
     return _timed(name, "ok", f"active since {state.active_enter_timestamp}, nothing changed",
                   start)
+
+
+def plan_service(component: str, state: ServiceState, restart: list[str]) -> list[Change]:
+    """The plan counterpart of :func:`ensure_enabled` + :func:`ensure_running`: the Changes
+    (``component`` as their component) that bring ``state`` to enabled and active, or a
+    ``needs-restart`` Change naming ``restart`` (the fields whose change the running service
+    has not picked up yet) when it is already active. ``[]`` when nothing is to be done."""
+    changes: list[Change] = []
+    if not state.enabled:
+        changes.append(Change("update", component, "enabled", state.unit_file_state or None,
+                              "enabled"))
+    if not state.active:
+        changes.append(Change("update", component, "running", state.active_state or None,
+                              "active", "start the service"))
+    elif restart:
+        changes.append(Change("needs-restart", component, "running", "active", "active",
+                              "restart to apply: " + ", ".join(restart)))
+    return changes
 
 
 def service_checks(state: ServiceState) -> list[Any]:

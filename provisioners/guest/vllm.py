@@ -227,16 +227,7 @@ class VllmComponent:
                                   else f"differs (mode {v['env_mode']}, {v['env_owner']})",
                                   f"{ENV_PATH} 0600 root:root", "secrets for the service"))
             restart.append("environment file")
-        service: units.ServiceState = v["service"]
-        if not service.enabled:
-            changes.append(Change("update", "vllm", "enabled", service.unit_file_state or None,
-                                  "enabled"))
-        if not service.active:
-            changes.append(Change("update", "vllm", "running", service.active_state or None,
-                                  "active", "start the service"))
-        elif restart:
-            changes.append(Change("needs-restart", "vllm", "running", "active", "active",
-                                  "restart to apply: " + ", ".join(restart)))
+        changes.extend(units.plan_service("vllm", v["service"], restart))
         return changes
 
     # -- apply ----------------------------------------------------------------------------------

@@ -18,20 +18,8 @@ import pytest
 
 from provisioners.errors import DeployError
 from provisioners.guest import bootstrap as bs
+from tests.unit.helpers import guest  # noqa: F401  (pytest fixture)
 from tests.unit.test_remote import sshd, store  # noqa: F401  (pytest fixtures)
-
-
-@pytest.fixture
-def guest(sshd, store, tmp_path):  # noqa: F811
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    sshd.stop()
-    sshd.extra_config = f"SetEnv PATH={bindir}:/usr/bin:/bin:/usr/sbin:/sbin\n"
-    sshd.start()
-    s = sshd.session(store)
-    s.connect(wait_s=5)
-    yield s, bindir
-    s.close()
 
 
 def script(bindir: Path, name: str, text: str) -> None:

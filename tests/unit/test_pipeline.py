@@ -269,3 +269,44 @@ def test_lab_faults_only_in_the_lab():
         d.use_lab_fault_host("vfio-busy")
     with pytest.raises(DeployError, match="unknown lab fault"):
         _lab().use_lab_fault_host("meteor-strike")
+
+
+def test_an_isolated_lab_gets_the_catalog_with_its_own_ports_and_state_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("LAB_STATE_DIR", raising=False)
+    monkeypatch.delenv("LAB_PORT_BASE", raising=False)
+    assert Deployment(target="lab")._catalog_file_to_load() == LAB       # the default lab: as written
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LAB_PORT_BASE", "19000")
+    d = Deployment(target="lab")
+    d.load_and_validate(check_files=False)
+    assert d.catalog_path == LAB                                          # reported and linted: the real file
+    derived = (tmp_path / "state" / "catalog-lab-catalog.yml").read_text()
+    assert "17" + "006" not in derived and "1708" + "0" not in derived
+    vm = d.vm
+    assert str(d.catalog.proxmox.endpoint).startswith("https://127.0.0.1:19006")
+    assert vm.ssh.port == 19022
+    assert str(vm.ssh.private_key_file).startswith(str(tmp_path / "state" / "ssh"))
+    assert "http://10.0.2.2:19080/apt" in derived and "http://127.0.0.1:19800" in derived
+    assert Deployment(target="proxmox")._catalog_file_to_load() == REAL  # a real host: never rewritten
+
+
+def _driver_error(**over) -> DeployError:
+    # SYNTHESISED from the lab's driver-install-fails package (lab/artefacts/debs.py) as the driver
+    # step reports it (provisioners/guest/driver.py _install_failure)
+    make_log = ("make[2]: *** [/usr/src/linux-headers-6.1.0-40-amd64/Makefile:1934: /var/lib/dkms/nvidia/"
+                "570.195.03/build] Error 2\nmake: *** [Makefile:82: modules] Error 2")
+    fields = dict(what="NVIDIA driver install failed (nvidia-driver-570-open)", cause=make_log,
+                  remedy="read the DKMS/apt log above; ... fix the cause, then re-run (the driver step resumes)",
+                  command="sudo apt-get install -y nvidia-driver-570-open", exit_code=100,
+                  evidence={"dkms make.log": make_log, "apt output": "E: Sub-process /usr/bin/dpkg returned an error code (1)"})
+    fields.update(over)
+    return DeployError(**fields)
+
+
+def test_driver_failure_must_explain_itself():
+    d = Deployment(target="lab")
+    assert d.driver_failure_problems(_driver_error()) == []
+    assert "command" in d.driver_failure_problems(_driver_error(command="sudo apt-get update"))[0]
+    assert "exit code" in d.driver_failure_problems(_driver_error(exit_code=None))[0]
+    assert "log lines" in d.driver_failure_problems(_driver_error(cause="something failed"))[0]
+    assert "remedy" in d.driver_failure_problems(_driver_error(remedy="try again later"))[0]

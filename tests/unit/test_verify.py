@@ -14,6 +14,7 @@ from provisioners.guest.base import Check
 from provisioners.verify import (
     VERIFY_LADDER, LadderStep, ladder_step, run_ladder, summary, infra_host,
 )
+from tests.unit.helpers import guest  # noqa: F401  (pytest fixture)
 from tests.unit.test_remote import sshd, store  # noqa: F401  (pytest fixtures)
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
@@ -37,19 +38,6 @@ def shim(bindir: Path, prog: str, output: str, code: int = 0) -> None:
     data.write_text(output)
     (bindir / prog).write_text(f"#!/bin/sh\ncat {data}\nexit {code}\n")
     (bindir / prog).chmod(0o755)
-
-
-@pytest.fixture
-def guest(sshd, store, tmp_path):  # noqa: F811
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    sshd.stop()
-    sshd.extra_config = f"SetEnv PATH={bindir}:/usr/bin:/bin:/usr/sbin:/sbin\n"
-    sshd.start()
-    s = sshd.session(store)
-    s.connect(wait_s=5)
-    yield s, bindir
-    s.close()
 
 
 def healthy(bindir: Path) -> None:

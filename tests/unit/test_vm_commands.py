@@ -1,30 +1,15 @@
 """``python -m provisioners plan|apply|destroy`` command modules against GpuFakePve (credentials from PROXMOX_*)."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from provisioners.commands import apply as apply_cmd
 from provisioners.commands import destroy as destroy_cmd
 from provisioners.commands import plan as plan_cmd
 from provisioners.errors import DeployError
-from tests.conftest import ROOT_PASSWORD, TOKEN_ID, TOKEN_SECRET, writes
-
-
-def _args(module, *argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-@pytest.fixture
-def token_env(monkeypatch):
-    monkeypatch.delenv("DEPLOYER_SECRETS_FILE", raising=False)
-    monkeypatch.delenv("PROXMOX_PASSWORD", raising=False)
-    monkeypatch.delenv("PROXMOX_INSECURE", raising=False)
-    monkeypatch.setenv("PROXMOX_TOKEN_ID", TOKEN_ID)
-    monkeypatch.setenv("PROXMOX_TOKEN_SECRET", TOKEN_SECRET)
+from tests.conftest import ROOT_PASSWORD, TOKEN_SECRET, writes
+from tests.unit.helpers import command_args as _args
+from tests.unit.helpers import token_env  # noqa: F401  (pytest fixture)
 
 
 def test_plan_apply_plan_destroy(token_env, lab_catalog, gpupve, lab_image, capsys):

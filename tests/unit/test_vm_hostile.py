@@ -3,7 +3,6 @@ would refuse exits 1, more cores than the node has is caught before anything is 
 Ctrl-C during apply leaves nothing behind (or says exactly what is left)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -13,24 +12,11 @@ from provisioners.commands import plan as plan_cmd
 from provisioners.errors import DeployError
 from provisioners.vm import apply_vm, preflight
 from provisioners.vm import apply as vm_apply
-from tests.conftest import TOKEN_ID, TOKEN_SECRET, writes
+from tests.conftest import writes
+from tests.unit.helpers import command_args as _args
+from tests.unit.helpers import token_env  # noqa: F401  (pytest fixture)
 
 NODE = "pve1"
-
-
-def _args(module, *argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-@pytest.fixture
-def token_env(monkeypatch):
-    for name in ("DEPLOYER_SECRETS_FILE", "PROXMOX_PASSWORD", "PROXMOX_INSECURE", "PROXMOX_USER",
-                 "PROXMOX_TOKEN_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PROXMOX_TOKEN_ID", TOKEN_ID)
-    monkeypatch.setenv("PROXMOX_TOKEN_SECRET", TOKEN_SECRET)
 
 
 def _cores(catalog, cores):
