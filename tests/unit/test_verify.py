@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from provisioners.guest.base import Check
 from provisioners.verify import (
     VERIFY_LADDER, LadderStep, ladder_step, run_ladder, summary, infra_host,
