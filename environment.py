@@ -86,6 +86,7 @@ def before_all(context):
         insecure=userdata.getbool("insecure", False),
         gpu_profile=userdata.get("gpu_profile") or None,
         progress=context.progress,
+        hold_guest_lock=True,
     )
     context.progress.line(f"target {target}, catalog {context.deployment.catalog_path}, reports {RUN_DIR}")
 

@@ -170,6 +170,19 @@ Feature: A Proxmox VM with a passed-through NVIDIA GPU that serves LLMs
     And vllm.service and ollama.service have the same main PID and start time
     And the GPU checks of the verify ladder still pass
 
+  # Seed scenario 8, its Secure Boot case: with the lab's `secure-boot` GPU profile the driver
+  # installs, but the firmware rejects the unsigned DKMS module at load. Re-creates VM 140 (lab only)
+  # and leaves it without a working driver: the scenario after it re-creates the VM again.
+  @failure @driver @destructive @lab
+  Scenario: A driver module rejected by Secure Boot gets its own diagnosis
+    Given the lab GPU profile is "secure-boot"
+    And VM 140 is re-created from the catalog and its guest bootstrapped
+    And VM 140 is running and reachable over SSH
+    When converging the "driver" component is attempted
+    Then the deployment stops with an error quoting "Key was rejected by service"
+    And the driver error is diagnosed as a Secure Boot rejection, with its remedy
+    And VM 140 is still running and reachable over SSH
+
   # Seed scenario 8: a failed driver install stops clearly and can be resumed. A VM that already has
   # the driver never meets the failing package, so this scenario re-creates VM 140 (lab only:
   # @destructive) on the `driver-install-fails` GPU profile, whose DKMS postinst fails like a build

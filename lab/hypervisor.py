@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import time
 from typing import Any
 
+from aiohttp import web
 from fakepve import TaskError
 
 from lab import state
@@ -46,6 +48,7 @@ except ImportError:  # pragma: no cover - only before lab/gpupve.py existed
     from fakepve import FakePve as _BasePve
 
 log = logging.getLogger("lab.hypervisor")
+_RECORDED_AT = web.RequestKey("lab_recorded_at", float)  # set by LabPve._record
 
 
 def effective_config(vm) -> dict[str, Any]:
@@ -200,6 +203,46 @@ class LabPve(_BasePve):
         vm._lab_params = dict(p)
         return await super()._do_reboot(vm, user, p)
 
+    # ------------------------------------------------------ request log file
+    # fakepve keeps its request record in memory (``pve.requests``), in the lab server's process;
+    # tests in another process read this file instead (``make verify`` must only read).
+    REQUEST_LOG_NAME = "pve-requests.jsonl"
+
+    @property
+    def request_log(self):
+        """``<lab state dir>/pve-requests.jsonl``: one JSON object per API request fakepve
+        recorded, ``{"method", "path", "status", "time"}`` (``status``: the HTTP status code
+        answered; ``time``: Unix seconds when the request was recorded). Never bodies, query
+        strings or headers (tickets, tokens, passwords). Appended; read with
+        :func:`lab.hypervisor.read_request_log`."""
+        return self.lab_paths.root / self.REQUEST_LOG_NAME
+
+    def _record(self, request, body):
+        """fakepve's hook, plus a mark for :meth:`_middleware` to write the request's log line."""
+        super()._record(request, body)
+        request[_RECORDED_AT] = time.time()
+
+    @web.middleware
+    async def _middleware(self, request, handler):
+        status = 599  # no answer (dropped connection, cancelled request)
+        try:
+            response = await super()._middleware(request, handler)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            at = request.get(_RECORDED_AT)
+            if at is not None:
+                line = json.dumps({"method": request.method, "path": request.path,
+                                   "status": status, "time": round(at, 3)})
+                try:
+                    with open(self.request_log, "a", encoding="utf-8") as fh:
+                        fh.write(redact(line) + "\n")
+                except OSError:  # a full disk must not break the API the deployer talks to
+                    log.exception("writing %s", self.request_log)
+
     # ------------------------------------------------------------- watcher
     def reconcile(self) -> list[str]:
         """One watcher pass: a guest whose qemu exited on its own (poweroff inside the guest, a
@@ -246,3 +289,25 @@ class LabPve(_BasePve):
             except Exception:  # noqa: BLE001 - exit path: keep killing the rest
                 log.exception("killing VM %s", guest.vmid)
         self._qemu_ops.shutdown(wait=False)
+
+
+def read_request_log(path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The request-log entries (see :attr:`LabPve.request_log`) written at byte ``offset`` or
+    later, and the offset of the end of the last complete line (pass it back to read only what
+    comes after). A missing file reads as no entries. Raises ``ValueError`` on a malformed line."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    complete = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+    entries = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+    return entries, offset + len(complete)
+
+
+def writes_in(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries that may change PVE state: every method but GET/HEAD, except the login
+    ``POST /api2/json/access/ticket`` (it creates a ticket, not a PVE object)."""
+    return [e for e in entries if e["method"] not in ("GET", "HEAD")
+            and not (e["method"] == "POST" and e["path"].rstrip("/").endswith("/access/ticket"))]

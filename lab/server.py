@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lab import state
 from provisioners.errors import DeployError
@@ -75,7 +76,7 @@ def ensure_ssh_key(paths: state.LabPaths) -> Path:
 def ensure_ca(paths: state.LabPaths) -> tuple[Path, Path]:
     """The lab CA (``.lab/pve/ca.pem`` + ``ca.key``), made once; returns (cert, key)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -97,6 +98,14 @@ def ensure_ca(paths: state.LabPaths) -> tuple[Path, Path]:
                                          encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
+    return _write_pem(cert, cert_p, key, key_p)
+
+
+def _write_pem(cert: Any, cert_p: Path, key: Any, key_p: Path) -> tuple[Path, Path]:
+    """Write ``key`` (PEM, unencrypted, created 0600 so it is never readable by others) and
+    ``cert`` (PEM); returns (``cert_p``, ``key_p``)."""
+    from cryptography.hazmat.primitives import serialization
+
     fd = os.open(key_p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key.private_bytes(serialization.Encoding.PEM,
@@ -135,13 +144,7 @@ def issue_server_cert(paths: state.LabPaths, host: str = state.LOOPBACK) -> tupl
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
     cert_p, key_p = paths.pve_dir / "pve.pem", paths.pve_dir / "pve.key"
-    fd = os.open(key_p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.TraditionalOpenSSL,
-                                   serialization.NoEncryption()))
-    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_p, key_p
+    return _write_pem(cert, cert_p, key, key_p)
 
 
 # ------------------------------------------------------------------ profile

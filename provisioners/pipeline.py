@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from provisioners.errors import DeployError
 from provisioners.redact import register_secret
@@ -101,7 +101,10 @@ class Deployment:
     ``target``: ``lab`` or ``proxmox``; ``catalog_path``: the catalog file; ``vm_name``: the VM
     entry to act on (name or VMID); ``insecure``: skip TLS verification of the PVE API (prints a
     warning in :mod:`provisioners.proxmox`); ``progress``: a :class:`provisioners.progress.Progress`
-    or None; ``gpu_profile``: the lab GPU profile to use (None = the lab's current one).
+    or None; ``gpu_profile``: the lab GPU profile to use (None = the lab's current one);
+    ``hold_guest_lock``: on target ``lab``, hold the lab's guest-session lock from the first use
+    of the lab until :meth:`stop_lab` (a behave run, so that lab tests and other runs wait instead
+    of sharing VM 140; lab tests hold it themselves, tests/lab/conftest.py).
     """
 
     target: str = "lab"
@@ -124,6 +127,8 @@ class Deployment:
     files_checked: bool = False
     lab_started: bool = False
     lab_up: bool = False
+    hold_guest_lock: bool = False
+    guest_lock: Any = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -353,11 +358,11 @@ class Deployment:
                            ("gpu.expected.memory_mib", " MiB")):
             if _has(vm, path):
                 lines.append(f"  {path}: {_as_text(setting(vm, path))}{unit}")
-        desired = _optional_attr("provisioners.vm", "desired_config")
-        if desired is not None:
-            lines.append("PVE configuration to apply (API token: GPU by resource mapping):")
-            for key, value in sorted(desired(self.catalog, vm, raw_pci=False).items()):
-                lines.append(f"  {key}: {value}")
+        from provisioners.vm import desired_config
+
+        lines.append("PVE configuration to apply (API token: GPU by resource mapping):")
+        for key, value in sorted(desired_config(self.catalog, vm, raw_pci=False).items()):
+            lines.append(f"  {key}: {value}")
         if _has(vm, "stack"):
             lines.append("guest stack:")
             for comp in ("driver", "cuda", "vllm", "ollama"):
@@ -519,6 +524,11 @@ class Deployment:
         :meth:`stop_lab` stops it again; a lab someone else started is left running."""
         if self.target != "lab":
             return False
+        if self.hold_guest_lock and self.guest_lock is None:
+            lab_state = require("lab.state", "issue #3, lab")
+            with self.busy("waiting for the lab guest (a lab test or another run holds it)"):
+                self.guest_lock = lab_state.LabLock(lab_state.paths().guest_session_lock).acquire(
+                    wait=1800, what="a lab test or another deployer run holds the lab guest VM")
         if self.lab_up or _lab_cli("status").returncode == 0:
             self.lab_up = True
             return self.lab_started
@@ -536,10 +546,13 @@ class Deployment:
         return True
 
     def stop_lab(self) -> None:
-        """Stop the lab if (and only if) this run started it."""
+        """Stop the lab if (and only if) this run started it; release the guest-session lock."""
         if self.lab_started:
             _lab_cli("down")
             self.lab_started = self.lab_up = False
+        if self.guest_lock is not None:
+            self.guest_lock.release()
+            self.guest_lock = None
 
     def set_lab_profile(self, name: str) -> str:
         """Select the lab's GPU profile (``python -m lab profile NAME``; the lab serves that
@@ -742,6 +755,24 @@ class Deployment:
                 problems.append(f"the error does not say to check {phrase.strip()!r} (missing: {', '.join(missing)})")
         return problems
 
+    def secure_boot_error_problems(self, err: DeployError) -> list[str]:
+        """A driver module rejected by Secure Boot gets its own diagnosis, not the generic one:
+        the error says Secure Boot rejected the module, its remedy says to turn Secure Boot off or
+        to enroll the DKMS key with ``mokutil``, and the doctor's findings
+        (``provisioners.doctor``, in the ``diagnosis`` evidence) name Secure Boot too.
+        Returns problems (empty = diagnosed as such)."""
+        problems = []
+        if "secure boot" not in err.what.lower():
+            problems.append(f"the error {err.what!r} does not say Secure Boot rejected the module")
+        remedy = (err.remedy or "").lower()
+        if "secure boot off" not in remedy or "mokutil" not in remedy:
+            problems.append(f"remedy: {err.remedy!r} names neither turning Secure Boot off nor enrolling the key with mokutil")
+        diagnosis = (err.evidence or {}).get("diagnosis", "")
+        if "secure boot" not in diagnosis.lower().replace("-", " "):
+            problems.append(f"the doctor's findings do not name Secure Boot: {diagnosis!r}")
+        self.show("driver error", str(err))
+        return problems
+
     def bootstrap_guest(self) -> list[OpResult]:
         """Wait for cloud-init and apt/dpkg locks, repair dpkg (``provisioners.guest.bootstrap``)."""
         bootstrap = require("provisioners.guest.bootstrap", "issue #4, guest bootstrap")
@@ -751,11 +782,7 @@ class Deployment:
         return self.record("bootstrap", results)
 
     def _component(self, name: str) -> Any:
-        module = require(f"provisioners.guest.{name}", f"issue #4, {name} component")
-        factory = getattr(module, "component", None)
-        if factory is None:
-            raise NotImplementedError(f"provisioners.guest.{name}.component(catalog, vm) is not built yet (issue #4)")
-        return factory(self.catalog, self.vm)
+        return require(f"provisioners.guest.{name}", f"issue #4, {name} component").component(self.catalog, self.vm)
 
     def converge(self, name: str) -> list[OpResult]:
         """facts -> plan -> apply for one guest component (``driver``, ``cuda``, ``vllm``,
@@ -804,10 +831,7 @@ class Deployment:
         """Run the read-only checks of one area (``gpu``, ``driver``, ``vllm``, ``ollama``) from
         ``provisioners.verify``; each check's evidence is queued for the report."""
         verify = require("provisioners.verify", "issue #4, verify ladder")
-        runner = getattr(verify, "run_ladder", None)
-        if runner is None:
-            raise NotImplementedError("provisioners.verify.run_ladder(session, catalog, vm, area) is not built yet (issue #4)")
-        checks = list(runner(self.open_session(), self.catalog, self.vm, area))
+        checks = list(verify.run_ladder(self.open_session(), self.catalog, self.vm, area))
         for check in checks:
             status = "PASS" if check.passed else "FAIL"
             self.show(f"{area}: {check.name} [{status}]",
@@ -865,18 +889,7 @@ def _has(obj: Any, dotted: str) -> bool:
         return False
 
 
-def _optional_attr(module: str, name: str) -> Callable | None:
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ModuleNotFoundError:
-        return None
-
-
 def _is_blocking(finding: Any) -> bool:
     """A pre-flight finding (``provisioners.vm.Finding``: ``severity`` error|warning|info) blocks
-    when its severity is error (``blocking``/``ok``/``passed`` attributes are honoured too)."""
-    for attr, blocking_when in (("blocking", True), ("ok", False), ("passed", False)):
-        if hasattr(finding, attr):
-            return bool(getattr(finding, attr)) == blocking_when
-    level = str(getattr(finding, "severity", getattr(finding, "level", "error"))).lower()
-    return level in ("error", "fail", "failed", "fatal")
+    when its severity is error."""
+    return str(finding.severity).lower() == "error"

@@ -80,6 +80,12 @@ def step_driver_failure_explained(context):
     assert not problems, "\n".join(problems) + f"\n\nthe error:\n{context.error}"
 
 
+@then("the driver error is diagnosed as a Secure Boot rejection, with its remedy")
+def step_secure_boot_diagnosis(context):
+    problems = context.deployment.secure_boot_error_problems(context.error)
+    assert not problems, "\n".join(problems) + f"\n\nthe error:\n{context.error}"
+
+
 @then("the re-run reports every component changed or ok, none failed")
 def step_rerun_ok(context):
     failed = [f"{r.component}: {r.result}" for r in context.redeploy_records if r.result.status == "failed"]

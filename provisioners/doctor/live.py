@@ -47,10 +47,16 @@ def collect(run_command: Callable[[str], str], commands: dict[str, str] | None =
 def collect_session(session: Any, timeout_s: float = 60.0) -> dict[str, str]:
     """:func:`collect` over an open :class:`provisioners.remote.RemoteSession` (what a deploy step
     holds when it fails): ``diagnose(collect_session(session))``."""
+    return collect(session_runner(session, timeout_s))
+
+
+def session_runner(session: Any, timeout_s: float = 60.0) -> Callable[[str], str]:
+    """``run_command`` over an open :class:`provisioners.remote.RemoteSession`: the command's
+    stdout + stderr, whatever its exit status (timeout in seconds)."""
     def _run(cmd: str) -> str:
         r = session.run(cmd, check=False, timeout_s=timeout_s)
         return r.stdout + r.stderr
-    return collect(_run)
+    return _run
 
 
 def local_runner(timeout_s: float = 60.0) -> Callable[[str], str]:
@@ -84,9 +90,4 @@ def ssh_runner(target: str, key_file: str, port: int | None = None,
     session = RemoteSession(m.group("host").strip("[]"), int(port or m.group("port") or 22),
                             m.group("user") or "ubuntu", key_file)
     session.connect(wait_s=30)
-
-    def _run(cmd: str) -> str:
-        r = session.run(cmd, check=False, timeout_s=timeout_s)
-        return r.stdout + r.stderr
-
-    return _run, session.close
+    return session_runner(session, timeout_s), session.close

@@ -152,8 +152,8 @@ class OllamaComponent:
         version = parse.parse_version_output(raw["version"].output) if raw["version"].ok \
             else None
         v["version"] = version.client_version if version else None
-        v["unit_sha"] = _sha(raw["unit"])
-        v["override_sha"] = _sha(raw["override"])
+        v["unit_sha"] = units.probe_sha256(raw["unit"])
+        v["override_sha"] = units.probe_sha256(raw["override"])
         v["service"] = units.parse_show(UNIT, raw["service"].output)
         return Facts(values=v, raw={k: p.output for k, p in raw.items()})
 
@@ -470,9 +470,3 @@ def verify_checks(host: Any, session: Any, vm: Any) -> list[Check]:
     if getattr(vm.stack, "ollama", None) is None:
         return []
     return OllamaComponent.from_catalog(vm).verify(session)
-
-
-def _sha(out: units.ProbeOutput) -> str | None:
-    if not out.ok or not out.output.strip():
-        return None
-    return out.output.split()[0]

@@ -6,13 +6,15 @@ What lives here, and why it is shared:
   quote values the way systemd parses them (``sd_arg``) and the way ``EnvironmentFile=`` reads
   them (``env_quote``).
 - :func:`probe` batches many read-only shell probes into ONE SSH round trip and splits the
-  output back per probe (DESIGN.md section 6: facts in as few round trips as possible).
+  output back per probe (DESIGN.md section 6: facts in as few round trips as possible);
+  :func:`probe_sha256` reads a ``sha256sum FILE`` probe.
 - :class:`ServiceState` / :func:`parse_show` read ``systemctl show`` properties: active and
   enabled state, and ``MainPID`` + ``ActiveEnterTimestamp``, the two facts that prove a
   second run restarted nothing.
 - :func:`install_file`, :func:`daemon_reload`, :func:`ensure_enabled`,
   :func:`ensure_running` are the check-then-act operations every service uses; each returns an
-  :class:`~provisioners.results.OpResult` that is ``changed`` or ``ok`` with a reason.
+  :class:`~provisioners.results.OpResult` that is ``changed`` or ``ok`` with a reason;
+  :func:`plan_service` is their plan side (the Changes they would make).
 - :func:`verify_unit_offline` runs ``systemd-analyze verify`` on the host (tests) and treats
   ANY stderr as failure, because the tool exits 0 on unknown keys (systemd-analyze(1)).
 
@@ -203,6 +205,14 @@ def probe(session: Any, probes: dict[str, str], *, sudo: bool = True,
             exit_code=result.exit_code,
         )
     return parsed
+
+
+def probe_sha256(out: ProbeOutput) -> str | None:
+    """The hash from a ``sha256sum FILE`` probe (its first word, 64 hex digits), or None when
+    the probe failed or printed nothing (the file is absent)."""
+    if not out.ok or not out.output.strip():
+        return None
+    return out.output.split()[0]
 
 
 # ---------------------------------------------------------------------------------------------

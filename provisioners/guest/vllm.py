@@ -177,7 +177,7 @@ class VllmComponent:
         values["venv"] = raw["venv"].ok
         version = raw["version"].output.strip().splitlines()
         values["version"] = version[-1].strip() if raw["version"].ok and version else None
-        values["unit_sha"] = _sha(raw["unit"])
+        values["unit_sha"] = units.probe_sha256(raw["unit"])
         env_lines = raw["env"].output.splitlines()
         values["env_mode"], values["env_owner"], values["env_sha"] = None, None, None
         if raw["env"].ok and len(env_lines) >= 2:
@@ -535,12 +535,6 @@ def parse_model_ids(body: str) -> list[str]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         return []
     return [str(m["id"]) for m in data["data"] if isinstance(m, dict) and "id" in m]
-
-
-def _sha(out: units.ProbeOutput) -> str | None:
-    if not out.ok or not out.output.strip():
-        return None
-    return out.output.split()[0]
 
 
 def _describe_health(code: str, curl_rc: str) -> str:

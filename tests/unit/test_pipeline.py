@@ -310,3 +310,35 @@ def test_driver_failure_must_explain_itself():
     assert "exit code" in d.driver_failure_problems(_driver_error(exit_code=None))[0]
     assert "log lines" in d.driver_failure_problems(_driver_error(cause="something failed"))[0]
     assert "remedy" in d.driver_failure_problems(_driver_error(remedy="try again later"))[0]
+
+
+def test_secure_boot_rejection_must_be_diagnosed_as_such():
+    d = Deployment(target="lab")
+    # SYNTHESISED: the shape of provisioners/guest/driver.py's Secure Boot error
+    good = DeployError(what="Secure Boot rejected the NVIDIA kernel module",
+                       cause="the kernel refuses the unsigned (DKMS-built) nvidia module: 'Key was rejected by service'",
+                       remedy="turn Secure Boot off for this VM (...) or enroll the DKMS signing key with "
+                              "`sudo mokutil --import /var/lib/shim-signed/mok/MOK.der`; then re-run",
+                       evidence={"diagnosis": "Secure Boot rejected the unsigned nvidia module"})
+    assert d.secure_boot_error_problems(good) == []
+    generic = DeployError(what="the NVIDIA driver is installed but not working after the reboot",
+                          remedy="read the kernel log above", evidence={})
+    assert len(d.secure_boot_error_problems(generic)) == 3
+
+
+def test_a_behave_run_holds_the_lab_guest_lock_until_it_stops(monkeypatch, tmp_path):
+    import subprocess
+
+    from lab import state
+
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(pipeline, "_lab_cli", lambda *a: subprocess.CompletedProcess(a, 0, "", ""))
+    d = Deployment(target="lab", hold_guest_lock=True)
+    d.ensure_lab()
+    with pytest.raises(DeployError, match="holds"):  # a lab test (or another run) now waits
+        state.LabLock(state.paths().guest_session_lock).acquire(wait=0, what="holds")
+    d.stop_lab()
+    state.LabLock(state.paths().guest_session_lock).acquire(wait=0).release()
+    unlocked = Deployment(target="lab")                # lab tests hold the lock themselves
+    unlocked.ensure_lab()
+    assert unlocked.guest_lock is None
