@@ -38,6 +38,10 @@ LAB_PVE_PASSWORD = "lab-secret"
 #: the vLLM API key of the lab guest unless VLLM_API_KEY is set: a fixed, public lab value, so
 #: that a second lab run finds the same key in the unit's environment file (no change)
 LAB_VLLM_API_KEY = "lab-vllm-api-key"
+#: set (to the holder's pid) by a process that holds the lab's guest-session lock for the
+#: processes it starts (tests/lab/conftest.py): a behave run started by a lab test uses the guest
+#: of that test instead of waiting for the lock its parent holds
+GUEST_LOCK_HELD_ENV = "LAB_GUEST_SESSION_HELD"
 #: faults a private lab Proxmox host can be prepared with (see Deployment.use_lab_fault_host)
 LAB_FAULTS = ("vfio-busy", "raw-address-with-token", "no-gpu", "unmanaged-vm-140")
 #: units that a catalog field's name must carry (see the header of infrastructure-catalog.yml)
@@ -104,7 +108,8 @@ class Deployment:
     or None; ``gpu_profile``: the lab GPU profile to use (None = the lab's current one);
     ``hold_guest_lock``: on target ``lab``, hold the lab's guest-session lock from the first use
     of the lab until :meth:`stop_lab` (a behave run, so that lab tests and other runs wait instead
-    of sharing VM 140; lab tests hold it themselves, tests/lab/conftest.py).
+    of sharing VM 140; lab tests hold it themselves, tests/lab/conftest.py), unless a parent
+    process holds it for us (env :data:`GUEST_LOCK_HELD_ENV`).
     """
 
     target: str = "lab"
@@ -524,7 +529,7 @@ class Deployment:
         :meth:`stop_lab` stops it again; a lab someone else started is left running."""
         if self.target != "lab":
             return False
-        if self.hold_guest_lock and self.guest_lock is None:
+        if self.hold_guest_lock and self.guest_lock is None and not os.environ.get(GUEST_LOCK_HELD_ENV):
             lab_state = require("lab.state", "issue #3, lab")
             with self.busy("waiting for the lab guest (a lab test or another run holds it)"):
                 self.guest_lock = lab_state.LabLock(lab_state.paths().guest_session_lock).acquire(
@@ -671,9 +676,13 @@ class Deployment:
         jump = _as_text(setting(self.vm, "ssh.jump_host")) if _has(self.vm, "ssh.jump_host") else ""
         log = self.progress.on_output if self.progress is not None else None
         node = _as_text(setting(self.catalog, "proxmox.node")) if _has(self.catalog, "proxmox.node") else "pve"
+        identity = f"{node}/{self.vmid}"
+        if self.target == "lab":
+            # labs side by side (LAB_PORT_BASE) each have a VM 140 on node pve1: pin per lab
+            identity = f"{host}:{port}/{identity}"
         session = remote.RemoteSession(
             host, port, _as_text(setting(self.vm, "cloud_init.user")), key, jump_host=jump or None,
-            vm_identity=f"{node}/{self.vmid}", vm_generation=self._vm_generation(), log=log)
+            vm_identity=identity, vm_generation=self._vm_generation(), log=log)
         with self.busy(f"waiting for SSH on {host}:{port}"):
             session.connect(wait_s=wait_s)
         self.session = session

@@ -8,13 +8,17 @@ Per test module, for its whole duration (a module-scoped autouse fixture):
   lock in that fixture; here it is only made to wrap this fixture (set up before it, torn down
   after it), because the lock is a non-reentrant ``flock``.
 - the **lab runs**: started here when it does not, stopped again at the end of the module, so
-  the module's own fixtures find it running and leave it alone.
+  the module's own fixtures find it running and leave it alone; its GPU profile is the
+  reference card (``rtx5060ti``) the tests are written for.
 - **no VM 140 the module created is left behind**: at the end, a VM 140 whose PVE creation
   marker (``meta ctime``; ``provisioners.remote.vm_generation``) differs from the one seen at the
   start is stopped and destroyed through the lab's PVE API. A VM 140 that was there before the
   module started (the same creation marker) is left as it was. So ``make test`` (lab tests, then
   behave) hands behave a lab without a test's VM 140, and behave's @deploy scenario really
   creates the VM.
+- processes the module starts see ``LAB_GUEST_SESSION_HELD`` (``provisioners.pipeline.
+  GUEST_LOCK_HELD_ENV``): a behave run inside a test then does not wait for the lock this
+  module holds (behave takes the lock itself otherwise, ``environment.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import time
 import pytest
 
 from lab import state
+from lab.profiles import DEFAULT_PROFILE
+from provisioners.pipeline import GUEST_LOCK_HELD_ENV
 
 VMID = 140
 NODE = "pve1"  # fakepve's default node (lab/lab-catalog.yml proxmox.node)
@@ -90,11 +96,19 @@ def lab_guest_session(request):
         lock = state.LabLock(paths.guest_session_lock).acquire(
             wait=1800, what="another lab test holds the guest VM")
     started = False
+    # behave runs started by the module's tests (test_verify_is_read_only) use this module's guest
+    held_before = os.environ.get(GUEST_LOCK_HELD_ENV)
+    os.environ[GUEST_LOCK_HELD_ENV] = str(os.getpid())
     try:
         if _lab_cli("status").returncode != 0:
             proc = _lab_cli("up")
             assert proc.returncode == 0, proc.stdout + proc.stderr
             started = True
+        if _lab_cli("profile").stdout.strip() != DEFAULT_PROFILE:
+            # the lab tests are written for the reference card; behave's failure scenarios switch
+            # the profile and a run cut short (or one scenario run alone) may leave another one
+            proc = _lab_cli("profile", DEFAULT_PROFILE)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
         before = _generation(_pve(paths))
         yield
         pve = _pve(paths)
@@ -103,6 +117,10 @@ def lab_guest_session(request):
             _destroy_vm(pve)
             assert _generation(pve) is None, f"VM {VMID} is still there after its destroy"
     finally:
+        if held_before is None:
+            os.environ.pop(GUEST_LOCK_HELD_ENV, None)
+        else:
+            os.environ[GUEST_LOCK_HELD_ENV] = held_before
         if started:
             proc = _lab_cli("down")
             assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -342,3 +342,20 @@ def test_a_behave_run_holds_the_lab_guest_lock_until_it_stops(monkeypatch, tmp_p
     unlocked = Deployment(target="lab")                # lab tests hold the lock themselves
     unlocked.ensure_lab()
     assert unlocked.guest_lock is None
+
+
+def test_a_run_started_by_a_lock_holder_does_not_wait_for_its_parent(monkeypatch, tmp_path):
+    import subprocess
+
+    from lab import state
+
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv(pipeline.GUEST_LOCK_HELD_ENV, "1")
+    monkeypatch.setattr(pipeline, "_lab_cli", lambda *a: subprocess.CompletedProcess(a, 0, "", ""))
+    parent = state.LabLock(state.paths().guest_session_lock).acquire(wait=0)
+    try:
+        d = Deployment(target="lab", hold_guest_lock=True)
+        d.ensure_lab()
+        assert d.guest_lock is None
+    finally:
+        parent.release()
