@@ -258,9 +258,7 @@ class Guest:
             "-m", str(settings.memory_mib), "-smp", str(settings.cpus),
             "-nodefaults", "-display", "none",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            # printk.devkmsg=on: the kernel otherwise rate-limits /dev/kmsg writers and silently drops
-            # the NVRM lines the lab's fake driver writes at boot, right after systemd's own burst.
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.devkmsg=on",
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap",
             "-drive", f"file={self.seed},if=virtio,format=raw,readonly=on",
             "-netdev", self.netdev(), "-device", nic,

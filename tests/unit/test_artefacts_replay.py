@@ -283,3 +283,20 @@ def test_cuda_samples_need_a_loaded_driver(tmp_path):
     assert res.returncode == 1 and "Test PASSED" not in res.stdout
     dq = run_fake(tmp_path, "cuda_tools", [], {"TOOL": "deviceQuery"})
     assert dq.returncode == 1 and "Result = FAIL" in dq.stdout
+
+
+def test_kmsg_records_go_to_the_device_without_append_mode(monkeypatch):
+    """/dev/kmsg refuses Python's append mode (its seek to the end gives EINVAL): in the lab guest
+    no NVRM line reached dmesg until write_kmsg opened it plainly write-only."""
+    import os
+
+    kmod = programs.load("nvidia_kmod", DRIVER_VERSION="570.195.03", FLAVOUR="open", CUDA_VERSION="12.8")
+    opened, written = [], []
+    monkeypatch.delenv("LAB_KMSG", raising=False)
+    monkeypatch.setattr(os, "open", lambda path, flags, mode=0o777: opened.append((path, flags)) or 99)
+    monkeypatch.setattr(os, "write", lambda fd, data: written.append(data) or len(data))
+    monkeypatch.setattr(os, "close", lambda fd: None)
+    kmod.write_kmsg([(6, "NVRM: one"), (3, "NVRM: two\nNVRM: continued")])
+    assert [p for p, _ in opened] == ["/dev/kmsg", "/dev/kmsg"]
+    assert all(not flags & os.O_APPEND for _, flags in opened)
+    assert written == [b"<6>NVRM: one\n", b"<3>NVRM: two\nNVRM: continued\n"]

@@ -112,13 +112,23 @@ def publish_proc_driver(text):
 
 
 def write_kmsg(msgs):
+    """Write each (syslog level, text) as one kernel log record.
+
+    One os.write() per record keeps a multi-line record whole. /dev/kmsg is opened write-only
+    without O_APPEND: Python's append mode seeks to the end first, which /dev/kmsg refuses with
+    EINVAL (seen in the lab guest: no NVRM line reached dmesg). LAB_KMSG (tests) is a plain file.
+    """
     path = os.environ.get("LAB_KMSG") or "/dev/kmsg"
+    flags = os.O_WRONLY if path == "/dev/kmsg" else os.O_WRONLY | os.O_APPEND | os.O_CREAT
     for level, text in msgs:
         try:
-            with open(path, "a") as fh:   # one write() per record: multi-line records stay one
-                fh.write("<%d>%s\n" % (level, text))
-        except OSError:
-            pass
+            fd = os.open(path, flags, 0o644)
+            try:
+                os.write(fd, ("<%d>%s\n" % (level, text)).encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            sys.stderr.write("nvidia-lab-kmod: cannot write the kernel log: %s\n" % err)
 
 
 def load():
