@@ -11,7 +11,8 @@ from provisioners.gpus import all_gpus, gpu_info
 # generic driver-not-loaded finding adds nothing.
 ROOT_CAUSES_OF_NO_DRIVER = {"closed-module-on-open-only-gpu", "driver-too-old-for-gpu",
                              "secure-boot-rejected-module", "gpu-fell-off-bus", "nouveau-or-vfio-bound",
-                             "driver-library-mismatch", "open-module-unsupported-gpu"}
+                             "driver-library-mismatch", "open-module-unsupported-gpu",
+                             "dkms-build-failed"}
 
 
 def bus_of(value: str | None) -> str | None:

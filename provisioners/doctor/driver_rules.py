@@ -247,3 +247,48 @@ def read_pve(b: Builder, body: str) -> None:
                   "the GPU (or its IOMMU group) is already used by another VM or held by a host driver/process",
                   "stop the other VM that has the device (or remove its hostpci entry); bind every function "
                   "of the GPU's IOMMU group to vfio-pci; then start this VM again")
+
+
+# DKMS's own wording (dkms's "Bad return status" error, the same in DKMS 2.x and 3.x): real
+# transcripts cited in lab/artefacts/debs.py (nvidia-dkms-545 on Ubuntu 24.04 and another).
+_DKMS_ERROR = re.compile(r"Error! Bad return status for module build on kernel: (?P<kernel>\S+) \((?P<arch>[^)\s]+)\)")
+_DKMS_CONSULT = re.compile(r"Consult (?P<log>/var/lib/dkms/(?P<module>[^/\s]+)/(?P<version>[^/\s]+)/build/make\.log)"
+                           r" for more information\.")
+
+
+def read_dkms(b: Builder, body: str) -> None:
+    """A failed DKMS build of the nvidia module in any text (apt/dpkg output, a transcript, the
+    driver step's ``apt output``/``apt term.log`` evidence) -> ``dkms-build-failed``.
+
+    Evidence is DKMS's two lines (``Error! Bad return status for module build on kernel: K
+    (ARCH)`` / ``Consult /var/lib/dkms/nvidia/V/build/make.log for more information.``). A build
+    failure of another DKMS module (its make.log path names it) is not the doctor's business;
+    without the ``Consult`` line the text must mention nvidia.
+    """
+    lines = (body or "").splitlines()
+    for i, ln in enumerate(lines):
+        err = _DKMS_ERROR.search(ln)
+        if not err:
+            continue
+        consult = next((m for m in map(_DKMS_CONSULT.search, lines[i + 1:i + 4]) if m), None)
+        if consult and not consult.group("module").lower().startswith("nvidia"):
+            continue
+        if not consult and "nvidia" not in body.lower():
+            continue
+        kernel = err.group("kernel")
+        version = consult.group("version") if consult else None
+        log = consult.group("log") if consult else "/var/lib/dkms/nvidia/<version>/build/make.log"
+        evidence = err.group(0) + (f"\n{consult.group(0)}" if consult else "")
+        branch = branch_of(version)
+        b.add("dkms-build-failed", evidence,
+              f"DKMS could not build the nvidia kernel module{' ' + version if version else ''} for the "
+              f"running kernel {kernel}: the headers for this kernel are missing, the compiler differs from "
+              "the one the kernel was built with, or the kernel is newer than this driver branch supports; "
+              "dpkg leaves the nvidia-dkms package half-configured (and the driver metapackage unconfigured), "
+              "so no nvidia module exists for this kernel",
+              f"read the compiler error in `{log}`; install the headers: `sudo apt-get install "
+              "linux-headers-$(uname -r)`, then finish the install with `sudo dpkg --configure -a`; "
+              "if the kernel is too new for the branch, use a newer branch or Ubuntu's prebuilt signed "
+              f"modules instead of DKMS (`sudo apt-get install linux-modules-nvidia-{branch or '<branch>'}-open-generic` "
+              f"with `nvidia-driver-{branch or '<branch>'}-open`, or `sudo ubuntu-drivers install "
+              f"nvidia:{branch or '<branch>'}-open`); reboot afterwards")

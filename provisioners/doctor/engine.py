@@ -49,6 +49,9 @@ def diagnose(captures: dict[str, str]) -> Diagnosis:
         reader = readers.get(kind)
         if reader:
             reader(cmd, body)
+    # DKMS prints into apt/dpkg output, which has no capture kind of its own: read every text
+    for text in captures.values():
+        drv.read_dkms(b, text or "")
     cross_checks(b, facts)
     return b.finish()
 

@@ -190,4 +190,17 @@ EXAMPLES: tuple[Example, ...] = (
              '01:00.0 VGA compatible controller [0300]: NVIDIA Corporation GB206 [GeForce RTX 5060 Ti] [10de:2d04] (rev a1)\n'
              '$ nvcc --version\n'
              'Cuda compilation tools, release 12.0, V12.0.140\n')),
+    # No real capture of a failed nvidia DKMS build is in the corpus; the lab's driver-install-fails
+    # profile prints DKMS's real wording (sources cited in lab/artefacts/debs.py). The kernel is
+    # the guest's `uname -r` at replay time (6.8.0-50-generic here, as in tests/unit/test_driver.py).
+    Example('dkms-build-failed',
+            'lab replay: lab/artefacts/debs.py driver_debs(570, fails=True), nvidia-dkms-570-open postinst, '
+            'profile driver-install-fails, kernel 6.8.0-50-generic',
+            'apt output',
+            ('Loading new nvidia-570.195.03 DKMS files...\n'
+             'Building for 6.8.0-50-generic\n'
+             'Building for architecture x86_64\n'
+             'Building initial module for 6.8.0-50-generic\n'
+             'Error! Bad return status for module build on kernel: 6.8.0-50-generic (x86_64)\n'
+             'Consult /var/lib/dkms/nvidia/570.195.03/build/make.log for more information.\n')),
 )

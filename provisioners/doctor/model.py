@@ -12,8 +12,10 @@ __all__ = ["Finding", "GpuSummary", "Diagnosis", "FINDINGS", "EXIT_FINDINGS"]
 
 EXIT_FINDINGS = 3
 
-#: finding id -> severity. ``open-module-unsupported-gpu`` extends the issue's list (the open
-#: nvidia.ko refusing a GPU without GSP, a real corpus case that none of the others names).
+#: finding id -> severity. Beyond the issue's list: ``open-module-unsupported-gpu`` (the open
+#: nvidia.ko refusing a GPU without GSP, a real corpus case that none of the others names) and
+#: ``dkms-build-failed`` (DKMS could not build the nvidia module: the most common driver-install
+#: failure; wording from real transcripts, see lab/artefacts/debs.py).
 FINDINGS: dict[str, str] = {
     "closed-module-on-open-only-gpu": "error",
     "driver-too-old-for-gpu": "error",
@@ -31,6 +33,7 @@ FINDINGS: dict[str, str] = {
     "pci-device-busy": "error",
     "closed-driver-recommended": "warning",
     "open-module-unsupported-gpu": "error",
+    "dkms-build-failed": "error",
 }
 
 
