@@ -57,6 +57,7 @@ test: venv lint ## what CI runs: lint, unit tests, lab tests, every scenario on 
 	$(PY) -m pytest -q -m "not lab" tests/unit
 	$(MAKE) --no-print-directory test-lab
 	$(MAKE) --no-print-directory behave TARGET=lab
+	DEPLOYER_CHECK_REPORT=$$(readlink -f reports/latest) $(PY) -m pytest -q tests/after_deploy
 
 plan: venv ## show what a deploy would change on TARGET (changes nothing)
 	$(PY) -m provisioners plan $(CATALOG)

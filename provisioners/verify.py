@@ -153,7 +153,14 @@ def check_nvidia_smi(host: Any, session: Any, vm: Any) -> list[Check]:
             ("nvidia-smi name", str(name)), ("nvidia-smi memory.total", f"{mib} MiB"),
             ("nvidia-smi driver version", "shown"))]
     row = rows[0]
+    # The plain table is what operators know and what the report shows as living documentation.
+    t = host.run("nvidia-smi")
+    table = nvidia_smi.parse_table(t.stdout) if t.rc == 0 else None
+    shown = [g for g in (table.gpus if table else []) if g.get("memory_total_mib") == (int(mib) if mib else None)]
     return [
+        Check("nvidia-smi table", bool(shown), f"a GPU with {mib} MiB",
+              f"driver {table.driver_version}, {len(table.gpus)} GPU(s)" if table else f"exit {t.rc}",
+              _evidence("nvidia-smi", t)),
         Check("nvidia-smi name", row.get("name") == name, str(name), str(row.get("name")), ev),
         Check("nvidia-smi memory.total", row.get("memory.total") == (int(mib) if mib else None),
               f"{mib} MiB", f"{row.get('memory.total')} MiB", ev),

@@ -43,6 +43,11 @@ def healthy(bindir: Path) -> None:
     # csv (c) of the corpus: "NVIDIA GeForce RTX 5060 Ti, 16311 MiB, 580.95.05"
     csv = body("nvidia-smi_query-gpu_csv_rtx5060ti.txt").strip().splitlines()[-1]
     shim(bindir, "nvidia-smi", csv + "\n")
+    # plain `nvidia-smi` prints the table (corpus: RTX 5060 Ti, 595.71.05), queries the csv line
+    table = body("nvidia-smi_rtx5060ti_595.71.05_full_table.txt").split("$ lsmod")[0].replace("$ nvidia-smi\n", "")
+    (bindir / "nvidia-smi.table").write_text(table)
+    (bindir / "nvidia-smi").write_text(f"#!/bin/sh\n[ $# -eq 0 ] && exec cat {bindir / 'nvidia-smi.table'}\n"
+                                       f"cat {bindir / 'nvidia-smi.out'}\n")
     dmesg = body("dmesg_module_verification_failed_and_gsp_unsupported.txt").splitlines()[:2]
     shim(bindir, "dmesg", "\n".join(dmesg) + "\n[  161.1] NVRM: loading NVIDIA UNIX Open Kernel "
                           "Module for x86_64  580.95.05  Release Build\n")
@@ -57,12 +62,13 @@ def test_gpu_rungs_pass_on_healthy_outputs_with_evidence(guest):
     healthy(bindir)
     first = session.transport
     checks = run_ladder(session, None, VM, steps=gpu_steps())
-    assert [c.name for c in checks] == ["lspci", "nvidia-smi name", "nvidia-smi memory.total",
+    assert [c.name for c in checks] == ["lspci", "nvidia-smi table", "nvidia-smi name", "nvidia-smi memory.total",
                                         "nvidia-smi driver version", "kernel log"]
     assert all(c.passed for c in checks), summary(checks)
     assert "Kernel driver in use: nvidia" in checks[0].evidence
-    assert checks[2].actual == "16311 MiB" and checks[3].actual == "580.95.05"
-    assert "module verification failed" in checks[4].evidence  # benign line kept as evidence
+    assert "|     648MiB /  16311MiB |" in checks[1].evidence  # the table is the report's evidence
+    assert checks[3].actual == "16311 MiB" and checks[4].actual == "580.95.05"
+    assert "module verification failed" in checks[5].evidence  # benign line kept as evidence
     assert session.transport is first  # testinfra went through the same connection
 
 
