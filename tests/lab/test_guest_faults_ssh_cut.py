@@ -13,6 +13,7 @@ Needs the lab (started here when it does not run); minutes on a TCG guest.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -57,8 +58,11 @@ def _second_session(dep, store: Path):
 
 @pytest.fixture(scope="module")
 def deployment():
-    from provisioners.pipeline import Deployment
+    from provisioners.pipeline import LAB_VLLM_API_KEY, Deployment
 
+    # the key behave's environment.py uses on the lab: the same env file, no restart between us
+    saved = os.environ.get("VLLM_API_KEY")
+    os.environ.setdefault("VLLM_API_KEY", LAB_VLLM_API_KEY)
     dep = Deployment(target="lab")
     dep.load_and_validate(check_files=False)
     dep.ensure_lab()
@@ -72,6 +76,8 @@ def deployment():
     finally:
         dep.close()
         dep.stop_lab()
+        if saved is None:
+            os.environ.pop("VLLM_API_KEY", None)
 
 
 class Cutter(threading.Thread):
@@ -106,6 +112,10 @@ def test_ssh_cut_during_vllm_pip_install_then_rerun_converges(deployment, tmp_pa
                 f"rm -rf {vllm.VENV}; true", sudo=True, timeout_s=300)
     assert session.run(f"test -e {vllm.VENV}", check=False).exit_code != 0
 
+    # the session's log shows whether run() saw the drop and reconnected
+    said: list[str] = []
+    log_fn = session._log_fn
+    session._log_fn = lambda msg: (said.append(str(msg)), log_fn(msg))
     watcher = _second_session(dep, tmp_path / "known_hosts.json")
     cutter = Cutter(watcher)
     cutter.start()
@@ -115,6 +125,9 @@ def test_ssh_cut_during_vllm_pip_install_then_rerun_converges(deployment, tmp_pa
         results = dep.converge("vllm")
         outcome = "resumed: " + "; ".join(str(r) for r in results)
         assert not [r for r in results if r.status == "failed"], outcome
+        lost = [m for m in said if "connection lost" in m]
+        assert lost, f"the apply went on but the session never saw the cut: {said[-5:]}"
+        outcome += f"\n  session log: {lost[0][:200]}"
     except DeployError as err:
         # a clear error: what, a cause and a remedy (no bare traceback)
         assert err.what and err.remedy, repr(err)
@@ -122,6 +135,7 @@ def test_ssh_cut_during_vllm_pip_install_then_rerun_converges(deployment, tmp_pa
     finally:
         cutter.done.set()
         cutter.join(120)
+        session._log_fn = log_fn
     print(f"first apply after {time.monotonic() - started:.0f} s: {outcome}\n"
           f"cut: {cutter.killed}", file=sys.stderr)
     assert cutter.error is None, repr(cutter.error)

@@ -65,8 +65,11 @@ def snapshot_differences(before: dict[str, str], after: dict[str, str]) -> list[
 # ------------------------------------------------------------------ the lab proof
 @pytest.fixture(scope="module")
 def converged():
-    from provisioners.pipeline import Deployment
+    from provisioners.pipeline import LAB_VLLM_API_KEY, Deployment
 
+    # the key behave's environment.py uses on the lab: the same env file, no restart between us
+    saved = os.environ.get("VLLM_API_KEY")
+    os.environ.setdefault("VLLM_API_KEY", LAB_VLLM_API_KEY)
     dep = Deployment(target="lab")
     dep.load_and_validate(check_files=False)
     dep.ensure_lab()
@@ -80,6 +83,8 @@ def converged():
     finally:
         dep.close()
         dep.stop_lab()
+        if saved is None:
+            os.environ.pop("VLLM_API_KEY", None)
 
 
 def test_make_verify_changes_nothing(converged):
