@@ -31,6 +31,11 @@ def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
     except FileNotFoundError:
         raise DeployError(what="gpg is missing", cause="the lab signs its apt repository with gpg(1)",
                           remedy="apt-get install gnupg") from None
+    finally:
+        # gpg starts a gpg-agent per home that outlives the lab and every test; signing is rare
+        # and the agent restarts in milliseconds, so never leave one behind.
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True, check=False)
     if res.returncode != 0:
         raise DeployError(what=f"gpg {args[0]} failed", cause=res.stderr.decode(errors="replace")[-2000:],
                           remedy=f"check or delete {home} (the lab key is regenerated)")

@@ -253,3 +253,13 @@ def test_kmod_unit_verifies(lab, tmp_path):
                     .replace("/usr/lib/nvidia-lab/", f"{root}/usr/lib/nvidia-lab/"))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr == "", res.stderr   # it returns 0 on unknown keys: stderr counts
+
+
+def test_signing_leaves_no_gpg_agent_running(tmp_path):
+    """gpg starts a gpg-agent per home directory that used to outlive the lab and every test."""
+    import subprocess
+
+    build_all(tmp_path, "rtx5060ti", port=17080)
+    home = str(tmp_path / "artefacts" / "gnupg")
+    agents = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {home}"], capture_output=True, text=True)
+    assert agents.stdout.strip() == "", f"gpg-agent still running for {home}: {agents.stdout}"
