@@ -192,6 +192,8 @@ def test_apt_repository_configured_once_then_unchanged(guest, tmp_path, http_dir
         pytest.skip("gpg cannot generate a key here")
     key = subprocess.run(["gpg", "--homedir", str(tmp_path), "--armor", "--export"],
                          capture_output=True, text=True, check=True).stdout
+    # key generation started a gpg-agent for this home; it would outlive the test run
+    subprocess.run(["gpgconf", "--homedir", str(tmp_path), "--kill", "gpg-agent"], capture_output=True)
     (root / "key.asc").write_text(key)
     calls = tmp_path / "apt-calls"
     script(bindir, "apt-get", f'echo "$*" >> {calls}\n')
